@@ -1,0 +1,146 @@
+"""redis-py connections that know whether they are safe to reuse.
+
+Each tracked connection counts the replies it owes (commands sent minus replies read) and notes session
+state that outlives a command (MULTI, WATCH, SUBSCRIBE, SELECT, ...). The pool reads both when a
+connection comes back, so it never depends on redis-py's own checkout probe, which redis-py 8.1 skips
+when maintenance notifications are on. A connection that owes a reply is exactly the one that would hand
+one request another request's answer.
+"""
+import select
+
+from gevent.monkey import get_original
+from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import ResponseError
+
+__all__ = ["tracked_class"]
+
+_poll = get_original("select", "poll")  # the real poll: a zero-timeout check must not yield to the hub
+
+_TRANSACTION, _COMMIT, _WATCH, _UNWATCH, _TAINT, _CLIENT = range(6)
+# CLIENT subcommands that change what the connection replies or who it is; CLIENT LIST and friends do not.
+_CLIENT_TAINTS = {"REPLY", "TRACKING", "SETNAME", "SETINFO", "NO-EVICT", "NO-TOUCH", "CACHING"}
+_EFFECTS = {}
+for _names, _effect in (
+    (("MULTI",), _TRANSACTION),
+    (("EXEC", "DISCARD"), _COMMIT),
+    (("WATCH",), _WATCH),
+    (("UNWATCH",), _UNWATCH),
+    (("SELECT", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "HELLO", "AUTH", "RESET", "READONLY",
+      "READWRITE"), _TAINT),
+    (("CLIENT",), _CLIENT),
+    (tuple(f"CLIENT {sub}" for sub in _CLIENT_TAINTS), _TAINT),  # redis-py sends these as one first argument
+):
+    for _name in _names:
+        for _spelling in (_name, _name.lower(), _name.encode(), _name.lower().encode()):
+            _EFFECTS[_spelling] = _effect
+
+
+class ReplyTracking:
+    """Mixin for a redis-py connection class: reply accounting, session state and a readability poll."""
+
+    _owed = 0  # replies sent for and not yet read; anything but 0 means the stream is not at a boundary
+    _in_transaction = False
+    _watching = False
+    _tainted = False  # session state we do not track precisely (db, subscriptions, protocol, ...)
+    _batch = 0  # commands in the last pack_commands(), sent by the next send_packed_command()
+    _poller = None
+
+    def _note(self, args):
+        effect = _EFFECTS[args[0]]
+        if effect == _CLIENT:
+            sub = args[1] if len(args) > 1 else ""
+            sub = (sub.decode() if isinstance(sub, bytes) else str(sub)).upper()
+            self._tainted = self._tainted or sub in _CLIENT_TAINTS
+        elif effect == _TRANSACTION:
+            self._in_transaction = True
+        elif effect == _COMMIT:
+            self._in_transaction = self._watching = False
+        elif effect == _WATCH:
+            self._watching = True
+        elif effect == _UNWATCH:
+            self._watching = False
+        else:
+            self._tainted = True
+
+    def send_command(self, *args, **kwargs):
+        if args[0] in _EFFECTS:
+            self._note(args)
+        self._owed += 1
+        super().send_packed_command(self._command_packer.pack(*args), check_health=kwargs.get("check_health", True))
+
+    def pack_commands(self, commands):
+        commands = list(commands)
+        for args in commands:
+            if args[0] in _EFFECTS:
+                self._note(args)
+        self._batch += len(commands)
+        return super().pack_commands(commands)
+
+    def send_packed_command(self, command, check_health=True):
+        # Called directly by pipelines after pack_commands(); anything packed by hand counts as one.
+        self._owed += self._batch or 1
+        self._batch = 0
+        super().send_packed_command(command, check_health=check_health)
+
+    def read_response(self, *args, **kwargs):
+        try:
+            response = super().read_response(*args, **kwargs)
+        except ResponseError:
+            self._owed -= 1  # an error reply is still a reply
+            raise
+        self._owed -= 1
+        return response
+
+    def connect_check_health(self, *args, **kwargs):
+        super().connect_check_health(*args, **kwargs)
+        self._clear_session()  # commands sent while connecting (AUTH, SELECT, CLIENT SETNAME) are the baseline
+        self._poller = _poll()
+        self._poller.register(self._sock.fileno(), select.POLLIN)
+
+    def disconnect(self, *args, **kwargs):
+        self._poller = None
+        super().disconnect(*args, **kwargs)
+        self._clear_session()
+
+    def _clear_session(self):
+        self._owed = self._batch = 0
+        self._in_transaction = self._watching = self._tainted = False
+
+    # -- what the pool asks -------------------------------------------------------------------------
+    def return_problem(self):
+        """None when the connection can be lent again as it is, else 'error' (closed) or 'reset'."""
+        if self._sock is None:
+            return "error"
+        if self._owed or self._in_transaction or self._watching or self._tainted:
+            return "reset"
+        return None
+
+    def has_input(self):
+        """True when the socket has bytes or EOF waiting: on an idle connection, both mean 'do not use'."""
+        poller = self._poller
+        return poller is None or bool(poller.poll(0))
+
+    def forget(self):
+        """Close our copy of a socket inherited across fork, without shutting down the parent's."""
+        sock, self._sock, self._poller = self._sock, None, None
+        if sock is not None:
+            sock.close()
+
+
+_classes = {}
+
+
+def tracked_class(connection_class):
+    """The tracked subclass of a redis-py connection class (cached)."""
+    if issubclass(connection_class, ReplyTracking):
+        return connection_class
+    tracked = _classes.get(connection_class)
+    if tracked is None:
+        tracked = type(f"Tracked{connection_class.__name__}", (ReplyTracking, connection_class), {})
+        _classes[connection_class] = tracked
+    return tracked
+
+
+TrackedConnection = tracked_class(Connection)
+TrackedUnixConnection = tracked_class(UnixDomainSocketConnection)
+TrackedSSLConnection = tracked_class(SSLConnection)

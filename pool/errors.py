@@ -1,0 +1,23 @@
+"""Every way a checkout can fail, one class each.
+
+They subclass redis-py's ``ConnectionError`` so code that already catches that keeps working.
+"""
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+__all__ = ["PoolClosed", "PoolError", "PoolTimeout", "TooManyRequests"]
+
+
+class PoolError(RedisConnectionError):
+    """Base class of the pool's own errors."""
+
+
+class PoolTimeout(PoolError):
+    """No connection became available before the checkout deadline."""
+
+
+class PoolClosed(PoolError):
+    """The pool is closed (or closing) and hands out no more connections."""
+
+
+class TooManyRequests(PoolError):
+    """``max_waiting`` greenlets are already queued; this one was refused at once."""

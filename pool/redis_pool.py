@@ -1,0 +1,250 @@
+"""The Redis binding: the core pool lending redis-py connections, usable wherever redis-py takes a pool."""
+import re
+import sys
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.connection import Connection, ConnectionPoolInterface, Encoder, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from .connection import tracked_class
+from .core import Pool
+
+__all__ = ["RedisPool"]
+
+# Pool options that may also come in a URL's query string, with their casts.
+_URL_OPTIONS = {
+    "max_size": int, "min_size": int, "timeout": float, "max_waiting": int, "health_check_interval": float,
+    "max_lifetime": float, "max_idle": float, "leak_threshold": float, "name": str,
+}
+_NOT_A_NAME_CHAR = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+class RedisPool(Pool, ConnectionPoolInterface):
+    """A greenlet-safe pool of redis-py connections that ``redis.Redis(connection_pool=...)`` accepts.
+
+    Pool options are the core ``Pool``'s plus ``health_check_interval`` (default 30 s: a connection idle
+    longer than this is PINGed at checkout; 0 = never). Every other keyword is a redis-py connection
+    argument (``host``, ``port``, ``db``, ``password``, ``socket_timeout``, ...). Connections carry the
+    client name ``greenpool:<name>``. Commands are never retried: ``retry`` defaults to no retries.
+    """
+
+    @classmethod
+    def from_url(cls, url, **options):
+        """A pool for ``redis://``, ``rediss://`` or ``unix://`` URLs; keywords override the URL's query."""
+        kwargs = parse_url(url)
+        for option, cast in _URL_OPTIONS.items():
+            if option in kwargs:
+                try:
+                    kwargs[option] = cast(kwargs[option])
+                except ValueError:
+                    raise ValueError(f"{option} in the URL query must be {cast.__name__}, got {kwargs[option]!r}") from None
+        kwargs.update(options)
+        return cls(**kwargs)
+
+    def __init__(self, connection_class=Connection, *, max_size=None, min_size=0, timeout=5.0, max_waiting=0,
+                 health_check_interval=30.0, max_lifetime=3600.0, max_idle=600.0, leak_threshold=None,
+                 name=None, max_connections=None, **connection_kwargs):
+        if max_size is None:  # redis-py callers (RedisCluster) say max_connections
+            max_size = 10 if max_connections is None else max_connections
+        if isinstance(health_check_interval, bool) or not isinstance(health_check_interval, (int, float)) \
+                or health_check_interval < 0:
+            raise ValueError(f"health_check_interval must be a number >= 0, got {health_check_interval!r}")
+        super().__init__(max_size=max_size, min_size=min_size, timeout=timeout, max_waiting=max_waiting,
+                         max_lifetime=max_lifetime, max_idle=max_idle, leak_threshold=leak_threshold, name=name)
+        self.health_check_interval = health_check_interval
+        connection_kwargs.setdefault("retry", Retry(NoBackoff(), 0))
+        connection_kwargs.setdefault("client_name", "greenpool:" + _NOT_A_NAME_CHAR.sub("_", self.name))
+        connection_kwargs["health_check_interval"] = 0  # the pool checks at checkout, not before every command
+        self.connection_class = tracked_class(connection_class)
+        self.connection_kwargs = connection_kwargs
+        self.himport_registry = connection_kwargs.get("himport_registry")
+        self.cache = None
+        self._encoder = None
+        self._client_template = None
+
+    # -- resource hooks -------------------------------------------------------------------------------
+    def _open(self):
+        connection = self.connection_class(**self.connection_kwargs)
+        connection.connect()
+        return connection
+
+    def _close_resource(self, connection):
+        connection.disconnect()
+
+    def _forget_resource(self, connection):
+        connection.forget()
+
+    def _check(self, connection, idle_for):
+        if connection.has_input():  # EOF (server closed it) or bytes nobody asked for
+            return False
+        if self.health_check_interval and idle_for >= self.health_check_interval:
+            try:
+                connection.send_command("PING", check_health=False)
+                return connection.read_response() in (b"PONG", "PONG")
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                return False
+        return True
+
+    def _return_problem(self, connection):
+        problem = connection.return_problem()
+        if problem is not None:
+            in_flight = sys.exc_info()[0]  # release() runs in redis-py's finally: name a cancellation as such
+            if in_flight is not None and not issubclass(in_flight, Exception):
+                return "cancelled"
+        return problem
+
+    # -- borrowing --------------------------------------------------------------------------------------
+    def connection(self, timeout=None):
+        """``with pool.connection() as conn``: borrow a raw redis-py connection for the block.
+
+        Waits up to ``timeout`` (default: the pool's) and raises ``PoolTimeout``; raises ``PoolClosed``
+        when closed. If the block raises a BaseException (gevent.Timeout, kill, exit) or a connection
+        error, the connection is closed, never reused; after other errors it is reused only if no reply
+        is left unread and no session state (MULTI, WATCH, SUBSCRIBE, SELECT) is left behind.
+        """
+        return _Borrowed(self, timeout)
+
+    def client(self, timeout=None):
+        """``with pool.client() as r``: a ``redis.Redis`` pinned to one borrowed connection for the block.
+
+        Every command, pipeline and transaction of ``r`` uses that connection. Timeout, close and
+        cancellation behave as for ``connection()``; ``r`` must not be used after the block.
+        """
+        return _PinnedClient(self, timeout)
+
+    def _pinned_redis(self, connection):
+        template = self._client_template
+        if template is None:
+            template = self._client_template = redis.Redis(connection_pool=self)
+        client = redis.Redis.__new__(redis.Redis)
+        client.__dict__.update(template.__dict__)
+        client.connection_pool = _PinnedPool(self, connection)
+        client.connection = connection
+        return client
+
+    # -- redis-py's ConnectionPoolInterface -------------------------------------------------------------
+    def get_connection(self, command_name=None, *keys, **options):
+        """Borrow a connection for one command (redis-py's protocol); give it back with ``release()``."""
+        return self.getconn()
+
+    def release(self, connection):
+        self.putconn(connection)
+
+    def get_encoder(self):
+        if self._encoder is None:
+            kwargs = self.connection_kwargs
+            self._encoder = Encoder(kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"),
+                                    kwargs.get("decode_responses", False))
+        return self._encoder
+
+    def get_protocol(self):
+        return self.connection_kwargs.get("protocol")
+
+    def reset(self):
+        """Close the idle connections; borrowed ones are closed when they come back."""
+        self.disconnect(inuse_connections=False)
+
+    def disconnect(self, inuse_connections=True):
+        """Close idle connections (and borrowed ones too, if asked); the pool stays open."""
+        for slot in list(self._idle.queue):
+            slot.resource.disconnect()
+        if inuse_connections:
+            for connection in list(self._borrowed):
+                connection.disconnect()
+
+    def set_retry(self, retry):
+        self.connection_kwargs["retry"] = retry
+        for connection in [slot.resource for slot in self._idle.queue] + list(self._borrowed):
+            connection.retry = retry
+
+    def re_auth_callback(self, token):
+        """New credentials: idle connections are closed; new ones authenticate with the provider's token."""
+        self.reset()
+
+    def get_connection_count(self):
+        attributes = {"db.client.connection.pool.name": self.name}
+        return [(self._idle.qsize(), dict(attributes, state="idle")),
+                (len(self._borrowed), dict(attributes, state="used"))]
+
+    def owns_connection(self, connection):
+        return connection in self._borrowed
+
+    def __repr__(self):
+        base = super().__repr__()
+        return f"{base[:-1]} target={_describe_target(self.connection_kwargs)}>"
+
+
+def _describe_target(kwargs):
+    """host:port/db or the socket path; never credentials."""
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}"
+    host = kwargs.get("host", "localhost")
+    return f"{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def redact_url(url):
+    """The URL with any password replaced by ``***``, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()
+
+
+class _Borrowed:
+    """The context manager behind ``connection()``: decide on exit whether the connection may be reused."""
+
+    __slots__ = ("pool", "timeout", "conn")
+
+    def __init__(self, pool, timeout):
+        self.pool = pool
+        self.timeout = timeout
+
+    def __enter__(self):
+        self.conn = self.pool.getconn(self.timeout)
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.pool.putconn(self.conn)
+        elif not issubclass(exc_type, Exception):
+            self.pool.discard(self.conn, "cancelled")
+        elif issubclass(exc_type, (RedisConnectionError, RedisTimeoutError, OSError)):
+            self.pool.discard(self.conn, "error")
+        else:  # an application or command error: reusable if the stream is at a reply boundary
+            self.pool.putconn(self.conn)
+        return False
+
+
+class _PinnedClient(_Borrowed):
+    __slots__ = ()
+
+    def __enter__(self):
+        return self.pool._pinned_redis(super().__enter__())
+
+
+class _PinnedPool:
+    """What a pinned ``redis.Redis`` sees as its pool: always the one connection, never given back early."""
+
+    __slots__ = ("_pool", "_connection")
+
+    def __init__(self, pool, connection):
+        self._pool = pool
+        self._connection = connection
+
+    def get_connection(self, command_name=None, *keys, **options):
+        return self._connection
+
+    def release(self, connection):
+        """The block that borrowed the connection gives it back, not the client."""
+
+    def owns_connection(self, connection):
+        return connection is self._connection
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)

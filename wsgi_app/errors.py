@@ -1,0 +1,18 @@
+"""Every way a request can be refused, as one exception that carries its HTTP status and JSON error body."""
+
+__all__ = ["HTTPError", "WrongType"]
+
+
+class HTTPError(Exception):
+    """Answer the request with ``status`` and ``{"error": error, "detail": detail}``, plus ``headers``."""
+
+    def __init__(self, status, error, detail, headers=()):
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.headers = list(headers)
+
+
+class WrongType(Exception):
+    """The key exists in Redis but holds another type than a hash."""

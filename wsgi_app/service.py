@@ -1,0 +1,222 @@
+"""The WSGI application: routing, HTTP checks, JSON in and out, and the mapping of failures to status codes.
+
+The request path is CPU-bound under gevent, so it stays plain: a dict of routes, headers and bodies prepared
+once, one ``json.dumps`` per response.
+"""
+import hmac
+import json
+import logging
+import os
+
+import gevent
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import store
+from .errors import HTTPError, WrongType
+from .settings import load
+from .validation import Limits, flatten_hash, parse_hash_body, parse_key
+from .worker_pool import WorkerPool
+
+__all__ = ["Service", "app", "create_app"]
+
+log = logging.getLogger(__name__)
+
+_REASONS = {
+    200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+    500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout",
+}
+STATUS_LINES = {code: f"{code} {reason}" for code, reason in _REASONS.items()}
+HASHES = "/hashes/"
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def json_response(status, payload, headers=()):
+    """``(status, headers, body)`` with ``payload`` encoded once."""
+    body = _dumps(payload).encode("utf-8")
+    return status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers], body
+
+
+def error_response(status, error, detail, headers=()):
+    return json_response(status, {"error": error, "detail": detail}, headers)
+
+
+NO_CONTENT = (204, [], b"")
+
+
+class Service:
+    """The WSGI callable. Routes map a path to ``{method: handler}``; a handler takes ``(environ, name)``
+    and returns ``(status, headers, body)``. ``add_route`` is the place for more endpoints (e.g. /metrics).
+    """
+
+    def __init__(self, settings, pool):
+        self.settings = settings
+        self.pool = pool  # a WorkerPool
+        self.limits = Limits(settings)
+        self.prefix = settings.key_prefix
+        self.request_timeout = settings.request_timeout
+        self.pool_timeout = settings.pool_timeout
+        self.max_body = settings.max_body_bytes
+        self.unavailable_headers = [("Retry-After", str(settings.retry_after))]
+        self.token = f"Bearer {settings.api_token}".encode() if settings.api_token else None
+        self.routes = {}
+        self.add_route("/", {"GET": self.get_default, "HEAD": self.get_default})
+        self.add_route("/healthz", {"GET": self.healthz, "HEAD": self.healthz})
+        self.add_route("/readyz", {"GET": self.readyz, "HEAD": self.readyz})
+        self.add_route("/stats", {"GET": self.stats})
+        self.hash_route = self._route({
+            "GET": self.get_hash, "HEAD": self.get_hash, "PUT": self.put_hash,
+            "PATCH": self.patch_hash, "DELETE": self.delete_hash,
+        })
+        self.healthz_response = json_response(200, {"status": "ok"})
+
+    @staticmethod
+    def _route(methods):
+        return methods, [("Allow", ", ".join(methods))]
+
+    def add_route(self, path, methods):
+        """Serve ``path``; ``methods`` maps a method name to a handler ``(environ, name) -> (status, headers, body)``."""
+        self.routes[path] = self._route(methods)
+
+    # -- WSGI entry point ------------------------------------------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        status, headers, body = self.respond(environ)
+        start_response(STATUS_LINES[status], headers)
+        return [body]
+
+    def respond(self, environ):
+        """Route the request and run its handler under the REQUEST_TIMEOUT deadline; every failure becomes JSON."""
+        path = environ.get("PATH_INFO") or "/"
+        name = None
+        if path.startswith(HASHES):
+            route, name = self.hash_route, path[len(HASHES):]
+        else:
+            route = self.routes.get(path)
+            if route is None:
+                return error_response(404, "not_found", f"no route for {path[:200]!r}")
+        methods, allow = route
+        handler = methods.get(environ["REQUEST_METHOD"])
+        if handler is None:
+            return error_response(405, "method_not_allowed", f"allowed: {allow[0][1]}", allow)
+        timer = gevent.Timeout.start_new(self.request_timeout)
+        try:
+            return handler(environ, name)
+        except HTTPError as exc:
+            return error_response(exc.status, exc.error, exc.detail, exc.headers)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            # the pool discarded any connection the handler held: a cancelled request never leaves a reply unread
+            return error_response(504, "timeout", f"the request took longer than REQUEST_TIMEOUT ({self.request_timeout}s)")
+        except WrongType as exc:
+            return error_response(409, "wrong_type", str(exc))
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # pool exhausted or closed, Redis unreachable
+            return error_response(503, "unavailable", str(exc) or type(exc).__name__, self.unavailable_headers)
+        except RedisError as exc:
+            log.warning("Redis error on %s %s: %r", environ["REQUEST_METHOD"], path[:200], exc)
+            return error_response(500, "redis_error", str(exc))
+        except Exception:
+            log.exception("unhandled error on %s %s", environ["REQUEST_METHOD"], path[:200])
+            return error_response(500, "internal_error", "see the server log")
+        finally:
+            timer.close()
+
+    # -- request checks ----------------------------------------------------------------------------------------
+
+    def key(self, name):
+        return self.prefix + parse_key(name, self.limits)
+
+    def check_token(self, environ):
+        if self.token is None:
+            return
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1")
+        if not hmac.compare_digest(given, self.token):
+            raise HTTPError(401, "unauthorized", "writes need the header 'Authorization: Bearer <API_TOKEN>'",
+                            [("WWW-Authenticate", 'Bearer realm="greenpool"')])
+
+    def read_json_object(self, environ):
+        content_type = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            raise HTTPError(415, "unsupported_media_type", "send the body with 'Content-Type: application/json'")
+        body = self.read_body(environ)
+        return parse_hash_body(body, self.limits)
+
+    def read_body(self, environ):
+        """The request body, refused with 413 beyond MAX_BODY_BYTES (before reading it when the length is known)."""
+        limit = self.max_body
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            try:
+                size = int(length)
+            except ValueError:
+                raise HTTPError(400, "invalid_request", "invalid Content-Length") from None
+            if size > limit:
+                raise HTTPError(413, "body_too_large", f"the body is larger than MAX_BODY_BYTES ({limit})")
+            return environ["wsgi.input"].read(size)
+        body = environ["wsgi.input"].read(limit + 1)  # chunked: read one byte more than allowed
+        if len(body) > limit:
+            raise HTTPError(413, "body_too_large", f"the body is larger than MAX_BODY_BYTES ({limit})")
+        return body
+
+    # -- handlers ------------------------------------------------------------------------------------------------
+
+    def healthz(self, environ, name):
+        return self.healthz_response
+
+    def readyz(self, environ, name):
+        with self.pool.get().client(timeout=self.pool_timeout) as client:
+            client.ping()
+        return json_response(200, {"status": "ready"})
+
+    def stats(self, environ, name):
+        return json_response(200, {"pid": os.getpid(), "pool": self.pool.get().get_stats()})
+
+    def get_default(self, environ, name):
+        with self.pool.get().client() as client:
+            found = store.get_hash(client, self.settings.default_key)
+        return json_response(200, found or {})
+
+    def get_hash(self, environ, name):
+        key = self.key(name)
+        with self.pool.get().client() as client:
+            found = store.get_hash(client, key)
+        if found is None:
+            raise HTTPError(404, "not_found", f"no hash named {name!r}")
+        return json_response(200, found)
+
+    def put_hash(self, environ, name):
+        self.check_token(environ)
+        key = self.key(name)
+        mapping = self.read_json_object(environ)
+        with self.pool.get().client() as client:
+            created = store.replace_hash(client, key, flatten_hash(mapping))
+        return json_response(201 if created else 200, mapping)
+
+    def patch_hash(self, environ, name):
+        self.check_token(environ)
+        key = self.key(name)
+        mapping = self.read_json_object(environ)
+        with self.pool.get().client() as client:
+            created, merged = store.merge_hash(client, key, flatten_hash(mapping))
+        return json_response(201 if created else 200, merged)
+
+    def delete_hash(self, environ, name):
+        self.check_token(environ)
+        key = self.key(name)
+        with self.pool.get().client() as client:
+            deleted = store.delete_hash(client, key)
+        if not deleted:
+            raise HTTPError(404, "not_found", f"no hash named {name!r}")
+        return NO_CONTENT
+
+
+def create_app(environ=None):
+    """A ``Service`` configured from ``environ`` (default: ``os.environ``); raises ``SettingsError`` when invalid."""
+    settings = load(environ)
+    return Service(settings, WorkerPool(settings))
+
+
+app = create_app()

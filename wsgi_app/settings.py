@@ -1,0 +1,130 @@
+"""The service's settings: every environment variable it reads, parsed and validated here and nowhere else.
+
+``load()`` returns a frozen ``Settings``; an invalid value raises ``SettingsError`` naming the variable, so a
+bad deployment stops at start-up instead of failing on the first request. ``gunicorn.conf.py`` reads its own
+server settings through ``env_int`` / ``env_float`` so their errors look the same.
+"""
+import os
+import re
+from dataclasses import dataclass
+
+__all__ = ["Settings", "SettingsError", "env_float", "env_int", "env_str", "load", "redact_url"]
+
+DEFAULT_DATA_DIR = "data"
+EMBEDDED_SOCKET_NAME = "redis.sock"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str  # REDIS_URL, or the embedded server's unix socket when REDIS_URL is unset
+    embedded: bool  # True when REDIS_URL is unset: gunicorn's master runs a private redis-server
+    data_dir: str  # REDIS_DATA_DIR, absolute: the embedded server's data and socket
+    pool_max_size: int
+    pool_min_size: int
+    pool_timeout: float  # seconds to wait for a free connection before answering 503
+    pool_max_waiting: int  # 0: no limit on requests queued for a connection
+    pool_close_timeout: float  # worker_exit: seconds to wait for borrowed connections
+    request_timeout: float  # seconds before a request is abandoned with 504
+    retry_after: int  # the Retry-After header of a 503, seconds
+    key_prefix: str
+    default_key: str
+    api_token: str  # empty: writes need no token
+    max_body_bytes: int
+    max_key_bytes: int
+    max_fields: int
+    max_field_bytes: int  # per field name and per value
+
+
+def env_str(name, default, environ=None):
+    environ = os.environ if environ is None else environ
+    return environ.get(name, default)
+
+
+def env_int(name, default, *, minimum=None, maximum=None, environ=None):
+    """``int(environ[name])`` or ``default``; raises ``SettingsError`` naming ``name`` when invalid or out of range."""
+    raw = env_str(name, None, environ)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    return _check_range(name, value, minimum, maximum)
+
+
+def env_float(name, default, *, minimum=None, maximum=None, environ=None):
+    """Like ``env_int`` for a number of seconds; rejects nan and infinity."""
+    raw = env_str(name, None, environ)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SettingsError(f"{name} must be a finite number, got {raw!r}")
+    return _check_range(name, value, minimum, maximum)
+
+
+def _check_range(name, value, minimum, maximum):
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def load(environ=None):
+    """Read and validate all service settings from ``environ`` (default: ``os.environ``)."""
+    env = os.environ if environ is None else environ
+    data_dir = os.path.abspath(env_str("REDIS_DATA_DIR", "", env) or DEFAULT_DATA_DIR)
+    redis_url = env_str("REDIS_URL", "", env).strip()
+    embedded = not redis_url
+    if embedded:
+        redis_url = "unix://" + embedded_socket_path(data_dir)
+    elif not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redact_url(redis_url)!r}")
+    max_size = env_int("POOL_MAX_SIZE", 10, minimum=1, environ=env)
+    settings = Settings(
+        redis_url=redis_url,
+        embedded=embedded,
+        data_dir=data_dir,
+        pool_max_size=max_size,
+        pool_min_size=env_int("POOL_MIN_SIZE", 0, minimum=0, maximum=max_size, environ=env),
+        pool_timeout=env_float("POOL_TIMEOUT", 1.0, minimum=0.0, environ=env),
+        pool_max_waiting=env_int("POOL_MAX_WAITING", 0, minimum=0, environ=env),
+        pool_close_timeout=env_float("POOL_CLOSE_TIMEOUT", 2.0, minimum=0.0, environ=env),
+        request_timeout=env_float("REQUEST_TIMEOUT", 10.0, minimum=0.001, environ=env),
+        retry_after=env_int("RETRY_AFTER", 1, minimum=0, environ=env),
+        key_prefix=env_str("KEY_PREFIX", "greenpool:", env),
+        default_key=env_str("DEFAULT_KEY", "key", env),
+        api_token=env_str("API_TOKEN", "", env),
+        max_body_bytes=env_int("MAX_BODY_BYTES", 64 * 1024, minimum=2, environ=env),
+        max_key_bytes=env_int("MAX_KEY_BYTES", 256, minimum=1, maximum=64 * 1024, environ=env),
+        max_fields=env_int("MAX_FIELDS", 1000, minimum=1, maximum=3000, environ=env),  # Lua unpack() limit
+        max_field_bytes=env_int("MAX_FIELD_BYTES", 16 * 1024, minimum=1, environ=env),
+    )
+    if not settings.default_key:
+        raise SettingsError("DEFAULT_KEY must not be empty")
+    return settings
+
+
+def embedded_socket_path(data_dir):
+    """The unix socket of the embedded redis-server that keeps its data in ``data_dir``."""
+    path = os.path.join(data_dir, EMBEDDED_SOCKET_NAME)
+    if len(os.fsencode(path)) > 100:  # sun_path holds 108 bytes on Linux, 104 on macOS
+        raise SettingsError(f"REDIS_DATA_DIR is too long for a unix socket path: {path!r}; choose a shorter one")
+    return path
+
+
+_NETLOC_PASSWORD = re.compile(r"^([\w+.-]+://[^:/?#@]*):[^/?#]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+
+
+def redact_url(url):
+    """``url`` with its password (in the authority or a ``password=`` query argument) replaced by ``***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _NETLOC_PASSWORD.sub(r"\1:***@", url))

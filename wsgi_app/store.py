@@ -1,0 +1,93 @@
+"""The service's Redis operations on hashes. Each is one atomic round trip through a client the caller borrowed.
+
+A key that holds another Redis type raises ``WrongType`` (the service answers 409); writes check the type
+inside the same Lua script, so nothing is changed in that case.
+"""
+import hashlib
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from .errors import WrongType
+
+__all__ = ["delete_hash", "get_hash", "merge_hash", "replace_hash"]
+
+_CHECK_TYPE = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('WRONGTYPE the key holds a ' .. t) end
+"""
+
+
+class _Script:
+    """A Lua script run with EVALSHA, and EVAL once when the server does not know it yet (NOSCRIPT ran nothing)."""
+
+    def __init__(self, body):
+        self.source = _CHECK_TYPE + body
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def __call__(self, client, key, args):
+        try:
+            try:
+                return client.evalsha(self.sha, 1, key, *args)
+            except NoScriptError:
+                return client.eval(self.source, 1, key, *args)
+        except ResponseError as exc:
+            _raise_wrong_type(exc)
+            raise
+
+
+_REPLACE = _Script("""
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return t == 'none' and 1 or 0
+""")
+
+_MERGE = _Script("""
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return {t == 'none' and 1 or 0, redis.call('HGETALL', KEYS[1])}
+""")
+
+_DELETE = _Script("""
+return redis.call('DEL', KEYS[1])
+""")
+
+
+def _raise_wrong_type(exc):
+    if str(exc).startswith("WRONGTYPE"):
+        raise WrongType(str(exc)) from None
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _decode_pairs(flat):
+    it = iter(flat)
+    return {_text(field): _text(value) for field, value in zip(it, it)}
+
+
+def get_hash(client, key):
+    """The hash at ``key`` as a dict of str, or ``None`` when the key does not exist."""
+    try:
+        raw = client.hgetall(key)
+    except ResponseError as exc:
+        _raise_wrong_type(exc)
+        raise
+    if not raw:
+        return None
+    return {_text(field): _text(value) for field, value in raw.items()}
+
+
+def replace_hash(client, key, flat_args):
+    """Make the hash exactly ``flat_args`` (field, value, ...); True when the key did not exist before."""
+    return _REPLACE(client, key, flat_args) == 1
+
+
+def merge_hash(client, key, flat_args):
+    """Set the given fields, keep the others; returns ``(created, merged hash as a dict)``."""
+    created, flat = _MERGE(client, key, flat_args)
+    return created == 1, _decode_pairs(flat)
+
+
+def delete_hash(client, key):
+    """Delete the hash; False when there was nothing to delete."""
+    return _DELETE(client, key, ()) == 1
