@@ -1,7 +1,8 @@
 """The Redis binding: the core pool lending redis-py connections, usable wherever redis-py takes a pool."""
 import re
 import sys
-from urllib.parse import urlsplit
+import threading
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -11,7 +12,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .connection import tracked_class
-from .core import Pool
+from .core import Pool, _check_number
 
 __all__ = ["RedisPool"]
 
@@ -35,13 +36,19 @@ class RedisPool(Pool, ConnectionPoolInterface):
     @classmethod
     def from_url(cls, url, **options):
         """A pool for ``redis://``, ``rediss://`` or ``unix://`` URLs; keywords override the URL's query."""
-        kwargs = parse_url(url)
-        for option, cast in _URL_OPTIONS.items():
-            if option in kwargs:
-                try:
-                    kwargs[option] = cast(kwargs[option])
-                except ValueError:
-                    raise ValueError(f"{option} in the URL query must be {cast.__name__}, got {kwargs[option]!r}") from None
+        parts = urlsplit(url)
+        query, pool_options = [], {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            cast = _URL_OPTIONS.get(key)
+            if cast is None:
+                query.append((key, value))  # a connection argument: redis-py parses it
+                continue
+            try:
+                pool_options[key] = cast(value)
+            except ValueError:
+                raise ValueError(f"{key} in the URL query must be {cast.__name__}, got {value!r}") from None
+        kwargs = parse_url(parts._replace(query=urlencode(query)).geturl())
+        kwargs.update(pool_options)
         kwargs.update(options)
         return cls(**kwargs)
 
@@ -50,26 +57,31 @@ class RedisPool(Pool, ConnectionPoolInterface):
                  name=None, max_connections=None, **connection_kwargs):
         if max_size is None:  # redis-py callers (RedisCluster) say max_connections
             max_size = 10 if max_connections is None else max_connections
-        if isinstance(health_check_interval, bool) or not isinstance(health_check_interval, (int, float)) \
-                or health_check_interval < 0:
-            raise ValueError(f"health_check_interval must be a number >= 0, got {health_check_interval!r}")
+        _check_number("health_check_interval", health_check_interval)  # also refuses NaN
         super().__init__(max_size=max_size, min_size=min_size, timeout=timeout, max_waiting=max_waiting,
                          max_lifetime=max_lifetime, max_idle=max_idle, leak_threshold=leak_threshold, name=name)
         self.health_check_interval = health_check_interval
         connection_kwargs.setdefault("retry", Retry(NoBackoff(), 0))
         connection_kwargs.setdefault("client_name", "greenpool:" + _NOT_A_NAME_CHAR.sub("_", self.name))
         connection_kwargs["health_check_interval"] = 0  # the pool checks at checkout, not before every command
+        if connection_kwargs.pop("cache", None) is not None or connection_kwargs.pop("cache_config", None) is not None:
+            raise ValueError("client-side caching (cache, cache_config) is not supported by RedisPool")
         self.connection_class = tracked_class(connection_class)
         self.connection_kwargs = connection_kwargs
         self.himport_registry = connection_kwargs.get("himport_registry")
         self.cache = None
         self._encoder = None
         self._client_template = None
+        self._lock = threading.RLock()  # redis-py's cluster client holds it around disconnect_free_connections()
 
     # -- resource hooks -------------------------------------------------------------------------------
     def _open(self):
         connection = self.connection_class(**self.connection_kwargs)
-        connection.connect()
+        try:
+            connection.connect()
+        except BaseException:  # redis-py closes the socket only on a RedisError, not on a Timeout or kill
+            connection.disconnect()
+            raise
         return connection
 
     def _close_resource(self, connection):
@@ -147,6 +159,18 @@ class RedisPool(Pool, ConnectionPoolInterface):
     def reset(self):
         """Close the idle connections; borrowed ones are closed when they come back."""
         self.disconnect(inuse_connections=False)
+
+    def disconnect_free_connections(self, moving_address_src=None):
+        """Close the idle connections (redis-py's cluster client calls this after a node error)."""
+        self.reset()
+
+    def update_active_connections_for_reconnect(self, moving_address_src=None):
+        """Nothing to mark: a borrowed connection is judged when it comes back and at its next checkout."""
+
+    def update_maint_notifications_config(self, maint_notifications_config, **handlers):
+        """Maintenance notifications are not supported: refused if required, ignored if 'auto' (RESP3 default)."""
+        if maint_notifications_config.enabled is True:
+            raise ValueError("maintenance notifications are not supported by RedisPool")
 
     def disconnect(self, inuse_connections=True):
         """Close idle connections (and borrowed ones too, if asked); the pool stays open."""
