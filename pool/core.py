@@ -23,6 +23,7 @@ from gevent.queue import Empty, LifoQueue
 
 from . import stats as S
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .stats import REQUESTS_NUM
 
 logger = logging.getLogger("pool")
 
@@ -166,7 +167,7 @@ class Pool:
             raise PoolClosed(f"pool {self.name!r} is closed")
         if self._housekeeper is None:
             self._start_housekeeper()
-        self._counters[S.REQUESTS_NUM] += 1
+        self._counters[REQUESTS_NUM] += 1
         if timeout is None:
             timeout = self.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -178,8 +179,17 @@ class Pool:
             now = time.monotonic()
             if slot.expires <= now:
                 self._discard_slot(slot, "lifetime")
-            elif slot.idle_since is None or self._check_slot(slot, now):
+                continue
+            if slot.idle_since is None:  # freshly opened
                 break
+            try:
+                fit = self._check(slot.resource, now - slot.idle_since)
+            except BaseException:
+                self._discard_slot(slot, "lost")
+                raise
+            if fit:
+                break
+            self._discard_slot(slot, "lost")
         self._borrowed[slot.resource] = slot
         if self.leak_threshold is not None:
             self._note_borrower(slot, now)
@@ -199,16 +209,6 @@ class Pool:
             timeout = max(0.0, deadline - time.monotonic())
         handed = self._wait(timeout)
         return self._open_slot() if handed is _PERMIT else handed
-
-    def _check_slot(self, slot, now):
-        try:
-            fit = self._check(slot.resource, now - slot.idle_since)
-        except BaseException:
-            self._discard_slot(slot, "lost")
-            raise
-        if not fit:
-            self._discard_slot(slot, "lost")
-        return fit
 
     def _wait(self, timeout):
         if self.max_waiting and len(self._waiters) >= self.max_waiting:
@@ -295,12 +295,13 @@ class Pool:
         if self._closed:
             return self._discard_slot(slot, None)
         problem = self._return_problem(resource)
+        now = time.monotonic()
         if problem is not None:
             self._discard_slot(slot, problem)
-        elif slot.expires <= time.monotonic():
+        elif slot.expires <= now:
             self._discard_slot(slot, "lifetime")
         else:
-            self._give_back(slot)
+            self._give_back(slot, now)
 
     def discard(self, resource, reason="error"):
         """Close a borrowed resource instead of returning it (its state is unknown) and free its place."""
@@ -308,9 +309,9 @@ class Pool:
         if slot is not None and self._generation == _fork_generation:
             self._discard_slot(slot, reason)
 
-    def _give_back(self, slot):
+    def _give_back(self, slot, now=None):
         """Critical section: hand a clean slot to the oldest waiter, or make it idle."""
-        slot.idle_since = time.monotonic()
+        slot.idle_since = time.monotonic() if now is None else now
         if self._waiters:
             self._waiters.popleft().set(slot)
         else:

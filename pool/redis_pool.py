@@ -47,7 +47,9 @@ class RedisPool(Pool, ConnectionPoolInterface):
                 pool_options[key] = cast(value)
             except ValueError:
                 raise ValueError(f"{key} in the URL query must be {cast.__name__}, got {value!r}") from None
-        kwargs = parse_url(parts._replace(query=urlencode(query)).geturl())
+        if pool_options:  # rebuilt by hand: urlunsplit would turn unix:///path into unix:/path
+            url = url.split("?", 1)[0] + ("?" + urlencode(query) if query else "")
+        kwargs = parse_url(url)
         kwargs.update(pool_options)
         kwargs.update(options)
         return cls(**kwargs)
@@ -91,7 +93,8 @@ class RedisPool(Pool, ConnectionPoolInterface):
         connection.forget()
 
     def _check(self, connection, idle_for):
-        if connection.has_input():  # EOF (server closed it) or bytes nobody asked for
+        poller = connection._poller  # inlined has_input(): this runs on every checkout
+        if poller is None or poller.poll(0):  # EOF (server closed it) or bytes nobody asked for
             return False
         if self.health_check_interval and idle_for >= self.health_check_interval:
             try:

@@ -18,7 +18,6 @@ import weakref
 import gevent
 import redis
 from gevent.event import AsyncResult
-from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection

@@ -1,0 +1,54 @@
+"""pool.urls: one parser for redis://, unix://, redis+sentinel:// and redis+cluster:// URLs."""
+import pytest
+
+from pool import RedisPool
+from pool.urls import parse_redis_url, redact
+
+
+def test_single_server_url_splits_pool_options_from_connection_arguments():
+    target = parse_redis_url("redis://:pw@127.0.0.1:7000/2?max_size=3&socket_timeout=1.5&timeout=0.5")
+    assert target.kind == "redis"
+    assert target.pool_options == {"max_size": 3, "timeout": 0.5}
+    assert target.connection_kwargs == {"password": "pw", "host": "127.0.0.1", "port": 7000, "db": 2,
+                                        "socket_timeout": 1.5}
+    pool = target.make_pool(name="u")
+    assert type(pool) is RedisPool and pool.max_size == 3 and "127.0.0.1:7000/2" in repr(pool)
+    pool.close()
+
+
+def test_sentinel_url():
+    target = parse_redis_url("rediss+sentinel://user:s%40cret@h1,h2:5000,[::1]/mymaster/3"
+                             "?max_size=4&sentinel_password=sp&master_check_interval=2&socket_timeout=1")
+    assert target.kind == "sentinel" and target.service_name == "mymaster"
+    assert target.addresses == (("h1", 26379), ("h2", 5000), ("::1", 26379))
+    assert target.connection_kwargs == {"username": "user", "password": "s@cret", "ssl": True, "db": 3,
+                                        "socket_timeout": 1.0}
+    assert target.sentinel_kwargs["password"] == "sp"
+    assert target.pool_options == {"max_size": 4} and target.master_check_interval == 2.0
+    assert "s%40cret" not in repr(target) and "sp" not in target.redacted_url
+
+
+def test_cluster_url():
+    target = parse_redis_url("redis+cluster://:pw@h1:7000,h2?max_size=5")
+    assert target.kind == "cluster" and target.addresses == (("h1", 7000), ("h2", 6379))
+    assert target.connection_kwargs == {"password": "pw"} and target.pool_options == {"max_size": 5}
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://x", "unsupported scheme"),
+    ("redis+sentinel://h1", "service_name"),
+    ("redis+sentinel://h1/m/x", "db"),
+    ("redis+sentinel://h1:0/m", "port out of range"),
+    ("redis+sentinel://h1/m?max_size=many", "max_size"),
+    ("redis+cluster://h1?bogus=1", "unknown option 'bogus'"),
+    ("redis+cluster://:pw@,h2", "empty host"),
+])
+def test_malformed_urls_are_refused_without_showing_passwords(url, message):
+    with pytest.raises(ValueError, match=message) as info:
+        parse_redis_url(url + ("&" if "?" in url else "?") + "sentinel_password=hidden" if "sentinel" in url else url)
+    assert "hidden" not in str(info.value)
+
+
+def test_redact_hides_every_password():
+    assert redact("redis+sentinel://u:pw@h/m?sentinel_password=sp&password=p2") == \
+        "redis+sentinel://u:***@h/m?sentinel_password=***&password=***"
