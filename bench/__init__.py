@@ -1,0 +1,1 @@
+"""Benchmarks for greenpool (``python -m bench.pool_bench``)."""
