@@ -7,9 +7,11 @@ when maintenance notifications are on. A connection that owes a reply is exactly
 one request another request's answer.
 """
 import select
+import socket
 
 from gevent.monkey import get_original
 from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 __all__ = ["tracked_class"]
@@ -44,6 +46,7 @@ class ReplyTracking:
     _tainted = False  # session state we do not track precisely (db, subscriptions, protocol, ...)
     _batch = 0  # commands in the last pack_commands(), sent by the next send_packed_command()
     _poller = None
+    _retired = False  # closed by the pool for good: a holder that kept it must not quietly reconnect
 
     def _note(self, args):
         effect = _EFFECTS[args[0]]
@@ -91,7 +94,17 @@ class ReplyTracking:
         self._owed -= 1
         return response
 
+    def _connect(self):
+        try:
+            return super()._connect()
+        except BaseException as error:  # redis-py closes its half-made socket only on OSError
+            if not isinstance(error, Exception):  # a gevent.Timeout or kill() mid-connect: close it now
+                _close_sockets_in(error.__traceback__)
+            raise
+
     def connect_check_health(self, *args, **kwargs):
+        if self._retired:
+            raise RedisConnectionError("this connection was closed by its pool (closed, or discarded); borrow another")
         super().connect_check_health(*args, **kwargs)
         self._clear_session()  # commands sent while connecting (AUTH, SELECT, CLIENT SETNAME) are the baseline
         self._poller = _poll()
@@ -120,11 +133,25 @@ class ReplyTracking:
         poller = self._poller
         return poller is None or bool(poller.poll(0))
 
+    def retire(self):
+        """Close for good: later use raises ConnectionError instead of opening a socket the pool cannot see."""
+        self._retired = True
+        self.disconnect()
+
     def forget(self):
         """Close our copy of a socket inherited across fork, without shutting down the parent's."""
         sock, self._sock, self._poller = self._sock, None, None
         if sock is not None:
             sock.close()
+
+
+def _close_sockets_in(tb):
+    """Close the sockets held in locals named ``sock`` by the frames an exception unwound from."""
+    while tb is not None:
+        sock = tb.tb_frame.f_locals.get("sock")
+        if isinstance(sock, socket.socket):
+            sock.close()
+        tb = tb.tb_next
 
 
 _classes = {}

@@ -4,6 +4,11 @@ They subclass redis-py's ``ConnectionError`` so code that already catches that k
 """
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+try:  # redis-py's name for "the pool is exhausted, the node is fine": RedisCluster then keeps its slot map
+    from redis.exceptions import MaxConnectionsError as _Exhausted
+except ImportError:  # older redis-py
+    _Exhausted = RedisConnectionError
+
 __all__ = ["PoolClosed", "PoolError", "PoolTimeout", "TooManyRequests"]
 
 
@@ -11,13 +16,13 @@ class PoolError(RedisConnectionError):
     """Base class of the pool's own errors."""
 
 
-class PoolTimeout(PoolError):
+class PoolTimeout(PoolError, _Exhausted):
     """No connection became available before the checkout deadline."""
 
 
-class PoolClosed(PoolError):
+class PoolClosed(PoolError, _Exhausted):
     """The pool is closed (or closing) and hands out no more connections."""
 
 
-class TooManyRequests(PoolError):
+class TooManyRequests(PoolError, _Exhausted):
     """``max_waiting`` greenlets are already queued; this one was refused at once."""

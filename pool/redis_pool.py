@@ -4,6 +4,7 @@ import sys
 import threading
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import gevent
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import Connection, ConnectionPoolInterface, Encoder, parse_url
@@ -78,16 +79,24 @@ class RedisPool(Pool, ConnectionPoolInterface):
 
     # -- resource hooks -------------------------------------------------------------------------------
     def _open(self):
+        """Connect and handshake within ``socket_connect_timeout``: redis-py bounds only the TCP connect by it
+        and reads the handshake replies (CLIENT SETNAME, ...) with ``socket_timeout``, so a listener that
+        accepts and never answers would hold the checkout that long (forever if ``socket_timeout=None``)."""
         connection = self.connection_class(**self.connection_kwargs)
+        deadline = connection.socket_connect_timeout
+        timer = gevent.Timeout(deadline)  # a BaseException: every layer below closes what it opened
         try:
-            connection.connect()
-        except BaseException:  # redis-py closes the socket only on a RedisError, not on a Timeout or kill
+            with timer:
+                connection.connect()
+        except BaseException as error:  # redis-py closes the socket only on a RedisError, not on a Timeout or kill
             connection.disconnect()
+            if error is timer:
+                raise RedisTimeoutError(f"Timeout connecting to server: no handshake within {deadline}s") from None
             raise
         return connection
 
     def _close_resource(self, connection):
-        connection.disconnect()
+        connection.retire()
 
     def _forget_resource(self, connection):
         connection.forget()
