@@ -5,28 +5,15 @@ and helpers that freeze, kill and restart a ``RedisProcess``. Loopback only; eve
     proxy.delay(0.5); proxy.blackhole(); proxy.passthrough(); proxy.cut(); proxy.stop()
 """
 import signal
-import time
 
 import gevent
 from gevent import socket
 from gevent.event import Event
 from gevent.pool import Group
 
-__all__ = ["FaultProxy", "SilentListener", "frozen", "kill_server", "restart_server", "wait_until"]
+__all__ = ["FaultProxy", "SilentListener", "frozen", "kill_server", "restart_server"]
 
 CHUNK = 65536
-
-
-def wait_until(predicate, timeout=5.0, what="condition", interval=0.002):
-    """Poll ``predicate`` (yielding to other greenlets) until it is truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(interval)
 
 
 def _listener(host, backlog):

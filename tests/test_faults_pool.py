@@ -13,7 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from faults import FaultProxy, SilentListener, kill_server, wait_until
+from faults import FaultProxy, SilentListener, kill_server
+from helpers import wait_until
 from pool import RedisPool, core
 from pool import stats as S
 

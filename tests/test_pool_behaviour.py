@@ -1,7 +1,7 @@
 """The pool's public API and behaviours 1-7 of issue 2, proven against a real redis-server.
 
 Server-side facts come from CLIENT LIST / CLIENT INFO through the ``admin`` client; the pool's own view
-from ``get_stats()`` keyed by ``pool.stats`` names. Tests wait on state with ``wait_for`` instead of sleeping.
+from ``get_stats()`` keyed by ``pool.stats`` names. Tests wait on state with ``wait_until`` instead of sleeping.
 """
 import time
 
@@ -14,27 +14,12 @@ from pool import PoolClosed, PoolError, PoolTimeout, RedisPool, TooManyRequests,
 from pool import stats as S
 from wsgi_app.redis_server import free_port
 
+from helpers import server_clients, wait_until
+
 
 # -- helpers --------------------------------------------------------------------------------------------
-def wait_for(predicate, timeout=5.0, what="condition"):
-    """Poll ``predicate`` (yielding to other greenlets) until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(0.002)
-
-
 def stat(pool, key):
     return pool.get_stats()[key]
-
-
-def pooled_clients(admin, pool):
-    """The pool's connections as the server sees them (they carry the client name ``greenpool:<name>``)."""
-    return [c for c in admin.client_list() if c["name"] == f"greenpool:{pool.name}"]
 
 
 def client_id(conn):
@@ -139,7 +124,7 @@ def test_client_is_pinned_to_one_connection(make_pool, admin):
         assert r.client_getname() == f"greenpool:{p.name}"
         assert stat(p, S.POOL_IN_USE) == 1
     assert_settled(p, 1)
-    assert [c["id"] for c in pooled_clients(admin, p)] == [str(first)]
+    assert [c["id"] for c in server_clients(admin, p)] == [str(first)]
     with p.client() as r:
         assert r.client_id() == first  # reused, not reopened
 
@@ -165,7 +150,7 @@ def test_repr_shows_live_counts(make_pool):
     q = make_pool(max_size=3, name="live")
     conns = [q.getconn() for _ in range(3)]
     waiter = gevent.spawn(q.getconn, 5)
-    wait_for(lambda: stat(q, S.REQUESTS_WAITING) == 1, what="a waiter")
+    wait_until(lambda: stat(q, S.REQUESTS_WAITING) == 1, what="a waiter")
     assert "'live' open size=3, idle=0, in_use=3, waiting=1, max_size=3" in repr(q)
     waiter.kill()
     q.putconn(conns.pop())
@@ -240,7 +225,7 @@ def test_from_url_casts_query_options(redis_url, admin):
         with p.client() as r:
             info = r.client_info()
         assert (info["name"], int(info["db"])) == ("greenpool:web", 3)
-        assert len(pooled_clients(admin, p)) == 1
+        assert len(server_clients(admin, p)) == 1
     finally:
         p.close()
 
@@ -257,7 +242,7 @@ def test_never_more_than_max_size_connections_server_side(make_pool, admin):
 
     def monitor():
         while not done.is_set():
-            seen_server.append(len(pooled_clients(admin, p)))
+            seen_server.append(len(server_clients(admin, p)))
             gevent.sleep(0.001)
 
     def worker(i):
@@ -285,7 +270,7 @@ def test_never_more_than_max_size_connections_server_side(make_pool, admin):
     assert max(seen_server) == max_size  # the load did saturate the pool
     assert stat(p, S.REQUESTS_QUEUED) > 0
     assert_settled(p, max_size)
-    assert len(pooled_clients(admin, p)) == max_size
+    assert len(server_clients(admin, p)) == max_size
 
 
 # -- 2. fair ----------------------------------------------------------------------------------------------------
@@ -307,7 +292,7 @@ def test_waiters_are_served_in_arrival_order(make_pool, returned):
     greenlets = []
     for i in range(30):
         greenlets.append(gevent.spawn(waiter, i))
-        wait_for(lambda: stat(p, S.REQUESTS_WAITING) == i + 1, what=f"waiter {i} queued")
+        wait_until(lambda: stat(p, S.REQUESTS_WAITING) == i + 1, what=f"waiter {i} queued")
     p.putconn(held)
     greenlets.append(gevent.spawn(waiter, "newcomer"))
     gevent.joinall(greenlets, raise_error=True)
@@ -333,7 +318,7 @@ def test_cancelled_waiters_never_get_a_connection_and_none_is_lost(make_pool, ad
     killed = gevent.spawn(waiter, "killed")
     outer = gevent.spawn(gevent.with_timeout, 0.1, waiter, "outer timeout")
     patient = gevent.spawn(waiter, "patient")
-    wait_for(lambda: stat(p, S.REQUESTS_WAITING) == 4, what="four waiters")
+    wait_until(lambda: stat(p, S.REQUESTS_WAITING) == 4, what="four waiters")
     killed.kill()
     gevent.joinall([timed_out, outer])
     assert isinstance(timed_out.exception, PoolTimeout)
@@ -347,7 +332,7 @@ def test_cancelled_waiters_never_get_a_connection_and_none_is_lost(make_pool, ad
     held.append(p.getconn(0))
     doomed = gevent.spawn(waiter, "handed, then killed")
     after = gevent.spawn(waiter, "next in line")
-    wait_for(lambda: stat(p, S.REQUESTS_WAITING) == 2, what="two waiters")
+    wait_until(lambda: stat(p, S.REQUESTS_WAITING) == 2, what="two waiters")
     doomed.kill(block=False)
     p.putconn(held.pop())  # hands the connection to `doomed`, whose GreenletExit arrives first
     gevent.joinall([doomed, after])
@@ -360,7 +345,7 @@ def test_cancelled_waiters_never_get_a_connection_and_none_is_lost(make_pool, ad
     assert got[S.DISCARDED_CANCELLED] == 0  # none was even borrowed
     assert_settled(p, 2)
     assert len(borrow_all_at_once(p, 2)) == 2
-    assert len(pooled_clients(admin, p)) == 2
+    assert len(server_clients(admin, p)) == 2
     assert got[S.CONNECTIONS_NUM] == 2
 
 
@@ -373,7 +358,7 @@ def test_pool_timeout_is_on_time_and_carries_live_counts(make_pool):
     r = redis.Redis(connection_pool=p)
     held = p.getconn()
     other = gevent.spawn(p.getconn, 10)  # so the message counts one other waiter
-    wait_for(lambda: stat(p, S.REQUESTS_WAITING) == 1, what="a waiter")
+    wait_until(lambda: stat(p, S.REQUESTS_WAITING) == 1, what="a waiter")
     for timeout, call in ((0.2, p.getconn), (0.1, lambda: p.getconn(0.1)), (0.2, lambda: r.get("k"))):
         started = time.monotonic()
         with pytest.raises(PoolTimeout) as raised:
@@ -393,7 +378,7 @@ def test_max_waiting_refuses_at_once(make_pool):
     p = make_pool(max_size=1, max_waiting=2, timeout=5)
     held = p.getconn()
     queued = [gevent.spawn(p.getconn) for _ in range(2)]
-    wait_for(lambda: stat(p, S.REQUESTS_WAITING) == 2, what="two waiters")
+    wait_until(lambda: stat(p, S.REQUESTS_WAITING) == 2, what="two waiters")
     started = time.monotonic()
     with pytest.raises(TooManyRequests, match="waiting=2"):
         p.getconn()
@@ -444,7 +429,7 @@ def test_cancellation_between_send_and_read_discards_the_connection(make_pool, a
     _cancel_after_send(p, how, ids)
     assert stat(p, S.DISCARDED_CANCELLED) == 1
     assert stat(p, S.POOL_SIZE) == 0
-    wait_for(lambda: not pooled_clients(admin, p), what="the cancelled connection to go")
+    wait_until(lambda: not server_clients(admin, p), what="the cancelled connection to go")
     with p.client() as r:
         assert r.client_id() != ids[0]
         assert r.set("k", "fresh") is True
@@ -465,7 +450,7 @@ def test_base_exception_discards_even_a_clean_connection(make_pool, admin, borro
             raise KeyboardInterrupt
     assert stat(p, S.DISCARDED_CANCELLED) == 1
     assert stat(p, S.POOL_SIZE) == 0
-    wait_for(lambda: not pooled_clients(admin, p), what="the connection to go")
+    wait_until(lambda: not server_clients(admin, p), what="the connection to go")
     with p.client() as r:
         assert r.client_id() != old_id
 
@@ -481,7 +466,7 @@ def test_cancellation_after_send_via_redis_client_discards_without_redis_py(make
     conn = p.getconn()  # the one connection redis.Redis will borrow next (max_size=1)
     p.putconn(conn)
     real_send = conn.send_command
-    old_id = pooled_clients(admin, p)[0]["id"]
+    old_id = server_clients(admin, p)[0]["id"]
     redis_py_closed = []
 
     def send_then_raise(*args, **kwargs):
@@ -496,7 +481,7 @@ def test_cancellation_after_send_via_redis_client_discards_without_redis_py(make
     assert redis_py_closed == [False]
     assert stat(p, S.DISCARDED_CANCELLED) == 1
     assert stat(p, S.POOL_SIZE) == 0
-    wait_for(lambda: old_id not in [c["id"] for c in pooled_clients(admin, p)], what="the old connection to go")
+    wait_until(lambda: old_id not in [c["id"] for c in server_clients(admin, p)], what="the old connection to go")
     assert r.echo("mine") == b"mine"
     assert r.set("k", "v") is True
     assert_settled(p, 1)
@@ -519,7 +504,7 @@ def test_timeout_while_reading_a_blocking_reply_discards_the_connection(make_poo
                     c.blpop("queue", 0)
     assert stat(p, S.DISCARDED_CANCELLED) == 1
     assert stat(p, S.POOL_SIZE) == 0
-    wait_for(lambda: not pooled_clients(admin, p), what="the blocked connection to go")
+    wait_until(lambda: not server_clients(admin, p), what="the blocked connection to go")
     admin.rpush("queue", "late")  # would have been the blocked BLPOP's reply
     assert r.echo("mine") == b"mine"
     assert r.lrange("queue", 0, -1) == [b"late"]
@@ -533,9 +518,9 @@ def test_connections_killed_by_the_server_are_never_handed_out(make_pool, admin)
     p = make_pool(max_size=3)
     r = redis.Redis(connection_pool=p)
     old = borrow_all_at_once(p, 3)
-    for client in pooled_clients(admin, p):
+    for client in server_clients(admin, p):
         admin.client_kill_filter(_id=client["id"])
-    wait_for(lambda: not pooled_clients(admin, p), what="the kills")
+    wait_until(lambda: not server_clients(admin, p), what="the kills")
     assert r.set("after", "kill") is True
     assert stat(p, S.CONNECTIONS_LOST) == 3
     with p.client() as c:
@@ -655,7 +640,7 @@ def test_connect_failure_is_fast_loses_no_slot_and_recovers(redis_factory, monke
             except redis.exceptions.ConnectionError:
                 return False
 
-        wait_for(ping, timeout=1.0, what="recovery")
+        wait_until(ping, timeout=1.0, what="recovery")
         assert time.monotonic() - ready <= 1.0
         assert len(borrow_all_at_once(p, 2)) == 2
         assert_settled(p, 2)
@@ -708,5 +693,5 @@ def test_server_going_down_fails_fast_then_recovers(make_pool, redis_server):
         except redis.exceptions.ConnectionError:
             return False
 
-    wait_for(ping, timeout=1.0, what="recovery")
+    wait_until(ping, timeout=1.0, what="recovery")
     assert_settled(p, 1)

@@ -19,6 +19,8 @@ from redis.retry import Retry
 from pool import PoolClosed, PoolTimeout, RedisPool, TooManyRequests
 from pool import stats as S
 
+from helpers import server_clients, wait_until
+
 SLACK = 0.15  # scheduling tolerance for the timing windows (loaded CI machines)
 
 
@@ -36,23 +38,6 @@ def make_pool(redis_url):
     yield make
     for p in pools:
         p.close(timeout=1.0)
-
-
-def wait_until(predicate, timeout=5.0, what="the condition"):
-    """Poll ``predicate`` (cooperatively) until it returns a true value; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(0.005)
-
-
-def server_clients(admin, p):
-    """The server's view of this pool's connections: CLIENT LIST entries named after it."""
-    return [c for c in admin.client_list() if c["name"] == f"greenpool:{p.name}"]
 
 
 def server_ids(admin, p):
