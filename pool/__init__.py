@@ -1,5 +1,6 @@
 """greenpool: a greenlet-safe Redis connection pool for gevent."""
 from . import stats
+from .client import PooledRedis
 from .core import Pool
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .redis_pool import RedisPool, redact_url
@@ -9,6 +10,7 @@ __all__ = [
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
+    "PooledRedis",
     "RedisPool",
     "TooManyRequests",
     "redact_url",

@@ -5,15 +5,16 @@ import threading
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import gevent
-import redis
 from redis.backoff import NoBackoff
 from redis.connection import Connection, ConnectionPoolInterface, Encoder, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from .client import PooledRedis
 from .connection import tracked_class
 from .core import Pool, _check_number
+from .errors import PoolError
 
 __all__ = ["RedisPool"]
 
@@ -143,8 +144,8 @@ class RedisPool(Pool, ConnectionPoolInterface):
     def _pinned_redis(self, connection):
         template = self._client_template
         if template is None:
-            template = self._client_template = redis.Redis(connection_pool=self)
-        client = redis.Redis.__new__(redis.Redis)
+            template = self._client_template = PooledRedis(connection_pool=self)
+        client = PooledRedis.__new__(PooledRedis)
         client.__dict__.update(template.__dict__)
         client.connection_pool = _PinnedPool(self, connection)
         client.connection = connection
@@ -258,10 +259,18 @@ class _Borrowed:
 
 
 class _PinnedClient(_Borrowed):
-    __slots__ = ()
+    __slots__ = ("client",)
 
     def __enter__(self):
-        return self.pool._pinned_redis(super().__enter__())
+        self.client = self.pool._pinned_redis(super().__enter__())
+        return self.client
+
+    def __exit__(self, exc_type, exc, tb):
+        # A client (or a pipeline made from it) kept past the block must not reach a connection now lent to
+        # someone else: cut it loose before the connection goes back.
+        self.client.connection_pool._connection = None
+        self.client.connection = None
+        return super().__exit__(exc_type, exc, tb)
 
 
 class _PinnedPool:
@@ -274,6 +283,8 @@ class _PinnedPool:
         self._connection = connection
 
     def get_connection(self, command_name=None, *keys, **options):
+        if self._connection is None:
+            raise PoolError("this client was pinned to a connection that its `with pool.client()` block gave back")
         return self._connection
 
     def release(self, connection):
