@@ -37,6 +37,8 @@ class Settings:
     max_key_bytes: int
     max_fields: int
     max_field_bytes: int  # per field name and per value
+    metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py sets it); empty: this process's metrics only
+    metrics_interval: float = 1.0  # METRICS_INTERVAL: seconds between readings of the pool's stats; 0: at scrape only
 
 
 def env_str(name, default, environ=None):
@@ -86,8 +88,8 @@ def load(environ=None):
     embedded = not redis_url
     if embedded:
         redis_url = "unix://" + embedded_socket_path(data_dir)
-    elif not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redact_url(redis_url)!r}")
+    else:
+        check_redis_url(redis_url)
     max_size = env_int("POOL_MAX_SIZE", 10, minimum=1, environ=env)
     settings = Settings(
         redis_url=redis_url,
@@ -107,10 +109,42 @@ def load(environ=None):
         max_key_bytes=env_int("MAX_KEY_BYTES", 256, minimum=1, maximum=64 * 1024, environ=env),
         max_fields=env_int("MAX_FIELDS", 1000, minimum=1, maximum=3000, environ=env),  # Lua unpack() limit
         max_field_bytes=env_int("MAX_FIELD_BYTES", 16 * 1024, minimum=1, environ=env),
+        metrics_dir=env_str("PROMETHEUS_MULTIPROC_DIR", "", env),
+        metrics_interval=env_float("METRICS_INTERVAL", 1.0, minimum=0.0, environ=env),
     )
     if not settings.default_key:
         raise SettingsError("DEFAULT_KEY must not be empty")
     return settings
+
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://",
+                     "redis+cluster://", "rediss+cluster://")
+
+
+def check_redis_url(url):
+    """Raise ``SettingsError`` (naming REDIS_URL, never showing a password) unless ``url`` is a form we serve.
+
+    The Sentinel and Cluster forms are parsed in full now (hosts, ports, service name, query options), so a
+    typo stops start-up instead of the first request; a single server's URL is parsed by redis-py in the worker.
+    """
+    if not url.startswith(REDIS_URL_SCHEMES):
+        raise SettingsError(_scrub(f"REDIS_URL must start with one of {', '.join(REDIS_URL_SCHEMES)}, "
+                                   f"got {redact_url(url)!r}", url))
+    if "+" in url.partition("://")[0]:
+        from pool.urls import parse_redis_url  # imported late: settings stay importable on their own
+
+        try:
+            parse_redis_url(url)
+        except ValueError as error:  # pool.urls redacts what it can; _scrub catches malformed user info too
+            raise SettingsError(_scrub(f"REDIS_URL is invalid: {error}", url)) from None
+    return url
+
+
+def _scrub(message, url):
+    """``message`` without the URL's password even when a reserved character in it (``/``, ``?``, ``#``) was
+    not percent-encoded, which defeats the redaction of a parsed URL. Errs on the side of hiding too much."""
+    secret = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    return message.replace(secret, "***") if secret and secret != "***" else message
 
 
 def embedded_socket_path(data_dir):
@@ -126,9 +160,10 @@ def check_socket_path(path):
 
 
 _NETLOC_PASSWORD = re.compile(r"^([\w+.-]+://[^:/?#@]*):[^/?#]*@")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+_QUERY_PASSWORD = re.compile(r"([?&](?:sentinel_)?password=)[^&#]*")
 
 
 def redact_url(url):
-    """``url`` with its password (in the authority or a ``password=`` query argument) replaced by ``***``."""
+    """``url`` with its passwords (in the authority, a ``password=`` or ``sentinel_password=`` query argument)
+    replaced by ``***``."""
     return _QUERY_PASSWORD.sub(r"\1***", _NETLOC_PASSWORD.sub(r"\1:***@", url))

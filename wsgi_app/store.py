@@ -1,10 +1,13 @@
-"""The service's Redis operations on hashes. Each is one atomic round trip through a client the caller borrowed.
+"""The service's Redis operations on hashes. Each is one atomic round trip through a client the caller borrowed:
+a ``redis.Redis`` pinned to one connection, or for a Redis Cluster the shared cluster client, which sends each
+command and script to the node serving its key (following MOVED and ASK); every script touches one key only.
 
 A key that holds another Redis type raises ``WrongType`` (the service answers 409); writes check the type
 inside the same Lua script, so nothing is changed in that case.
 """
 import hashlib
 
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from .errors import WrongType
@@ -39,6 +42,23 @@ _REPLACE = _Script("""
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return t == 'none' and 1 or 0
+""")
+
+# The same result without the key ever disappearing: in a Redis Cluster slot that is being migrated, a script
+# that deletes its key and writes it again is refused ("attempted to access a non local key"), because the
+# source node then sends writes to a missing key to the importing node. Used only for a cluster: it reads
+# the old field names, so it is slower than DEL + HSET.
+_REPLACE_IN_PLACE = _Script("""
+redis.call('HSET', KEYS[1], unpack(ARGV))
+if t == 'none' then return 1 end
+local keep = {}
+for i = 1, #ARGV, 2 do keep[ARGV[i]] = true end
+local drop = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if not keep[field] then drop[#drop + 1] = field end
+end
+for i = 1, #drop, 1000 do redis.call('HDEL', KEYS[1], unpack(drop, i, math.min(i + 999, #drop))) end
+return 0
 """)
 
 _MERGE = _Script("""
@@ -79,6 +99,8 @@ def get_hash(client, key):
 
 def replace_hash(client, key, flat_args):
     """Make the hash exactly ``flat_args`` (field, value, ...); True when the key did not exist before."""
+    if isinstance(client, RedisCluster):
+        return _REPLACE_IN_PLACE(client, key, flat_args) == 1
     return _REPLACE(client, key, flat_args) == 1
 
 
