@@ -223,14 +223,14 @@ def _describe_target(kwargs):
     return f"{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
+_USERINFO_PASSWORD = re.compile(r"^([\w+.-]+://[^:/?#@]*):.*@")  # greedy: a password may hold '/', '?' or '@'
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*")
+
+
 def redact_url(url):
-    """The URL with any password replaced by ``***``, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + netloc).geturl()
+    """The URL with its passwords (user info, ``password=`` and ``sentinel_password=`` in the query) replaced
+    by ``***``, for logs. Errs on the side of hiding too much when a password holds unescaped reserved characters."""
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
 
 
 class _Borrowed:

@@ -20,7 +20,6 @@ options (``socket_timeout``, ``socket_connect_timeout``, ``socket_keepalive``, `
 ``+sentinel`` or ``+cluster`` URL is an error (in ``redis://`` URLs redis-py passes it through).
 """
 import dataclasses
-import re
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -28,7 +27,7 @@ from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url as redis_pars
 
 from .redis_pool import _URL_OPTIONS, RedisPool, redact_url
 
-__all__ = ["RedisTarget", "parse_redis_url", "redact"]
+__all__ = ["RedisTarget", "parse_redis_url"]
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 _POOL_OPTIONS = dict(_URL_OPTIONS, max_connections=int)
@@ -40,12 +39,6 @@ _CONNECTION_OPTIONS = {
 _SENTINEL_OPTIONS = {"master_check_interval": float, "min_other_sentinels": int, "sentinel_username": str,
                      "sentinel_password": str, "sentinel_socket_timeout": float}
 _DEFAULT_PORTS = {"sentinel": 26379, "cluster": 6379}
-_QUERY_SECRET = re.compile(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*")
-
-
-def redact(url):
-    """The URL with its passwords (in the user info and in the query) replaced by ``***``, for logs."""
-    return _QUERY_SECRET.sub(r"\1***", redact_url(url))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +63,7 @@ class RedisTarget:
 
     @property
     def redacted_url(self):
-        return redact(self.url)
+        return redact_url(self.url)
 
     def make_pool(self, **options):
         """A ``RedisPool`` (one server) or ``SentinelRedisPool``; keywords override the URL's options.
@@ -109,7 +102,7 @@ def parse_redis_url(url):
         raise ValueError(f"not a Redis URL: {url!r}")
     scheme = url.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
-        raise ValueError(f"unsupported scheme {scheme!r} in {redact(url)!r}; use one of {', '.join(SCHEMES)}")
+        raise ValueError(f"unsupported scheme {scheme!r} in {redact_url(url)!r}; use one of {', '.join(SCHEMES)}")
     if "+" not in scheme:
         return _parse_single(url)
     kind = scheme.split("+", 1)[1]
@@ -124,7 +117,7 @@ def parse_redis_url(url):
     path = [unquote(p) for p in parts.path.split("/") if p]
     if kind == "cluster":
         if path not in ([], ["0"]):
-            raise ValueError(f"a cluster URL takes no service name and no db other than 0: {redact(url)!r}")
+            raise ValueError(f"a cluster URL takes no service name and no db other than 0: {redact_url(url)!r}")
         connection_kwargs.update(query)
         return RedisTarget("cluster", url, addresses, connection_kwargs=connection_kwargs, pool_options=pool_options)
     return _sentinel_target(url, addresses, path, query, connection_kwargs, pool_options)
@@ -143,7 +136,7 @@ def _parse_single(url):
 
 def _sentinel_target(url, addresses, path, query, connection_kwargs, pool_options):
     if not 1 <= len(path) <= 2:
-        raise ValueError(f"a sentinel URL needs /service_name[/db] after the hosts: {redact(url)!r}")
+        raise ValueError(f"a sentinel URL needs /service_name[/db] after the hosts: {redact_url(url)!r}")
     connection_kwargs["db"] = _cast("db", path[1], int, url) if len(path) == 2 else 0
     sentinel_kwargs = {}
     for name, key in (("sentinel_username", "username"), ("sentinel_password", "password"),
@@ -181,10 +174,10 @@ def _address(item, default_port, url):
     else:
         host, _, port = item.partition(":")
     if not host:
-        raise ValueError(f"empty host in {redact(url)!r}")
+        raise ValueError(f"empty host in {redact_url(url)!r}")
     port = _cast("port", port, int, url) if port else default_port
     if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {redact(url)!r}: {port}")
+        raise ValueError(f"port out of range in {redact_url(url)!r}: {port}")
     return unquote(host), port
 
 
@@ -193,7 +186,7 @@ def _query(query, url, *, sentinel):
     parsed = {}
     for name, values in parse_qs(query, keep_blank_values=True).items():
         if name not in allowed:
-            raise ValueError(f"unknown option {name!r} in {redact(url)!r}; known: {', '.join(sorted(allowed))}")
+            raise ValueError(f"unknown option {name!r} in {redact_url(url)!r}; known: {', '.join(sorted(allowed))}")
         parsed[name] = _cast(name, values[-1], allowed[name], url)
     return parsed
 
@@ -202,5 +195,5 @@ def _cast(name, value, cast, url):
     try:
         return cast(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} in {redact(url)!r} must be {getattr(cast, '__name__', 'valid')}, "
+        raise ValueError(f"{name} in {redact_url(url)!r} must be {getattr(cast, '__name__', 'valid')}, "
                          f"got {value!r}") from None

@@ -2,7 +2,8 @@
 import pytest
 
 from pool import RedisPool
-from pool.urls import parse_redis_url, redact
+from pool import redact_url as redact
+from pool.urls import parse_redis_url
 
 
 def test_single_server_url_splits_pool_options_from_connection_arguments():

@@ -5,8 +5,9 @@ bad deployment stops at start-up instead of failing on the first request. ``guni
 server settings through ``env_int`` / ``env_float`` so their errors look the same.
 """
 import os
-import re
 from dataclasses import dataclass
+
+from pool import redact_url
 
 __all__ = ["Settings", "SettingsError", "env_float", "env_int", "env_str", "load", "redact_url"]
 
@@ -157,13 +158,3 @@ def check_socket_path(path):
     if len(os.fsencode(path)) > 100:  # sun_path holds 108 bytes on Linux, 104 on macOS
         raise SettingsError(f"REDIS_DATA_DIR is too long for a unix socket path: {path!r}; choose a shorter one")
     return path
-
-
-_NETLOC_PASSWORD = re.compile(r"^([\w+.-]+://[^:/?#@]*):[^/?#]*@")
-_QUERY_PASSWORD = re.compile(r"([?&](?:sentinel_)?password=)[^&#]*")
-
-
-def redact_url(url):
-    """``url`` with its passwords (in the authority, a ``password=`` or ``sentinel_password=`` query argument)
-    replaced by ``***``."""
-    return _QUERY_PASSWORD.sub(r"\1***", _NETLOC_PASSWORD.sub(r"\1:***@", url))
