@@ -6,11 +6,33 @@ things with a lifecycle: each worker's Redis pool and, when ``REDIS_URL`` is uns
 
 Importing ``wsgi_app`` here monkey-patches the master too, exactly as ``--preload`` does: one code path,
 tested both ways. The pool itself is only ever created in a worker.
-"""
-import os
 
-from wsgi_app import embedded
-from wsgi_app import settings as app_settings
+Metrics: prometheus_client picks single- or multi-process mode when it is first imported (by ``wsgi_app``
+below), so ``PROMETHEUS_MULTIPROC_DIR`` is settled before that import: the user's directory, or a private one
+made for this master (a USR2 re-exec inherits our environment, so another master's private one gets a fresh one).
+"""
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+
+
+def _remove_private_metrics_dir(owner, path):
+    if os.getpid() == owner:  # the workers inherit this exit handler
+        shutil.rmtree(path, ignore_errors=True)
+
+
+_PRIVATE_METRICS = "GREENPOOL_PRIVATE_METRICS_DIR"  # "<master pid>:<dir>" when a master made the directory
+_owner, _, _private_dir = os.environ.get(_PRIVATE_METRICS, "").partition(":")
+if _owner != str(os.getpid()) and (_private_dir or not os.environ.get("PROMETHEUS_MULTIPROC_DIR")):
+    _private_dir = tempfile.mkdtemp(prefix="greenpool-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _private_dir
+    os.environ[_PRIVATE_METRICS] = f"{os.getpid()}:{_private_dir}"
+    atexit.register(_remove_private_metrics_dir, os.getpid(), _private_dir)  # also after a settings error below
+
+from wsgi_app import embedded, metrics  # noqa: E402 (after the metrics directory)
+from wsgi_app import settings as app_settings  # noqa: E402
 
 SETTINGS = app_settings.load()  # validates every service setting now, in the master
 _env_int = app_settings.env_int
@@ -31,6 +53,8 @@ max_requests_jitter = _env_int("MAX_REQUESTS_JITTER", 0, minimum=0)
 # gunicornc's control socket lives at one fixed path per user (two instances would fight over it) and runs
 # an asyncio thread, which would be a greenlet in this monkey-patched master.
 control_socket_disable = True
+# Apache's combined format plus the request time in microseconds (as Apache's %D); on with --access-logfile -.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s'
 
 if SETTINGS.pool_close_timeout + keepalive >= graceful_timeout:
     raise app_settings.SettingsError(
@@ -40,7 +64,9 @@ if SETTINGS.pool_close_timeout + keepalive >= graceful_timeout:
 
 
 def on_starting(server):
-    """Master, once: start the embedded redis-server when REDIS_URL is unset."""
+    """Master, once: empty the metrics directory; start the embedded redis-server when REDIS_URL is unset."""
+    removed = metrics.prepare_dir(SETTINGS.metrics_dir)
+    server.log.info("Metrics of all workers in %s (%d old files removed)", SETTINGS.metrics_dir, removed)
     if not SETTINGS.embedded:
         server.log.info("Using Redis at %s", app_settings.redact_url(SETTINGS.redis_url))
         return
@@ -59,10 +85,22 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Worker, after monkey patching and app loading: create this worker's pool (no I/O yet)."""
+    """Worker, after monkey patching and app loading: send the pool's and the app's logs to gunicorn's error
+    log (with this worker's pid), create this worker's pool (no I/O yet) and start sampling its stats."""
     from wsgi_app import app
 
+    _share_error_log(worker.log.error_log, ("pool", "wsgi_app"))
     app.pool.get()
+    app.metrics.start_sampler()
+
+
+def _share_error_log(error_log, names):
+    """Loggers ``names`` write through gunicorn's error log handlers (its file, format with pid, and level)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers = list(error_log.handlers)
+        logger.setLevel(error_log.level)
+        logger.propagate = False
 
 
 def worker_exit(server, worker):
@@ -76,7 +114,9 @@ def worker_exit(server, worker):
 
     if app.pool.close(SETTINGS.pool_close_timeout):
         server.log.info("Worker %s closed its Redis pool", worker.pid)
+    app.metrics.sample()  # the pool counters of its last second
 
 
-# child_exit(server, worker) runs in the master even for a SIGKILLed worker: the place to clean up
-# per-worker metric files (issue 6).
+def child_exit(server, worker):
+    """Master, after any worker exit (SIGKILL included): its live gauges leave the sums; its counters stay."""
+    metrics.mark_process_dead(worker.pid, SETTINGS.metrics_dir)

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "gunicorn.conf.py"
 # Variables of ours the test environment must not leak into a service under test.
 _OURS = ("REDIS_URL", "REDIS_DATA_DIR", "WEB_CONCURRENCY", "PORT", "BIND", "API_TOKEN", "KEY_PREFIX",
-         "GUNICORN_CMD_ARGS", "MAX_REQUESTS", "MAX_REQUESTS_JITTER")
+         "GUNICORN_CMD_ARGS", "MAX_REQUESTS", "MAX_REQUESTS_JITTER", "PROMETHEUS_MULTIPROC_DIR",
+         "GREENPOOL_PRIVATE_METRICS_DIR")
 
 
 class Reply:

@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import os
+from time import perf_counter
 
 import gevent
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -15,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import store
 from .errors import HTTPError, WrongType
+from .metrics import UNMATCHED, ServiceMetrics
 from .settings import load
 from .validation import Limits, flatten_hash, parse_hash_body, parse_key
 from .worker_pool import WorkerPool
@@ -30,6 +32,7 @@ _REASONS = {
 }
 STATUS_LINES = {code: f"{code} {reason}" for code, reason in _REASONS.items()}
 HASHES = "/hashes/"
+HASH_ROUTE = "/hashes/{name}"  # the route's label in metrics: never the key itself
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -61,11 +64,13 @@ class Service:
         self.max_body = settings.max_body_bytes
         self.unavailable_headers = [("Retry-After", str(settings.retry_after))]
         self.token = f"Bearer {settings.api_token}".encode() if settings.api_token else None
+        self.metrics = ServiceMetrics(settings.metrics_dir, pool.peek, settings.metrics_interval)
         self.routes = {}
         self.add_route("/", {"GET": self.get_default, "HEAD": self.get_default})
         self.add_route("/healthz", {"GET": self.healthz, "HEAD": self.healthz})
         self.add_route("/readyz", {"GET": self.readyz, "HEAD": self.readyz})
         self.add_route("/stats", {"GET": self.stats})
+        self.add_route("/metrics", {"GET": self.metrics_page, "HEAD": self.metrics_page})
         self.hash_route = self._route({
             "GET": self.get_hash, "HEAD": self.get_hash, "PUT": self.put_hash,
             "PATCH": self.patch_hash, "DELETE": self.delete_hash,
@@ -83,9 +88,19 @@ class Service:
     # -- WSGI entry point ------------------------------------------------------------------------------------
 
     def __call__(self, environ, start_response):
+        started = perf_counter()
         status, headers, body = self.respond(environ)
         start_response(STATUS_LINES[status], headers)
+        elapsed = perf_counter() - started
+        self.metrics.observe(environ["REQUEST_METHOD"], self.route_label(environ), status, elapsed)
         return [body]
+
+    def route_label(self, environ):
+        """The route template a request matched (``/hashes/{name}``, never the key), or ``unmatched``."""
+        path = environ.get("PATH_INFO") or "/"
+        if path.startswith(HASHES):
+            return HASH_ROUTE
+        return path if path in self.routes else UNMATCHED
 
     def respond(self, environ):
         """Route the request and run its handler under the REQUEST_TIMEOUT deadline; every failure becomes JSON."""
@@ -173,6 +188,10 @@ class Service:
 
     def stats(self, environ, name):
         return json_response(200, {"pid": os.getpid(), "pool": self.pool.get().get_stats()})
+
+    def metrics_page(self, environ, name):
+        content_type, body = self.metrics.render(environ.get("HTTP_ACCEPT"))
+        return 200, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
 
     def get_default(self, environ, name):
         with self.pool.get().client() as client:

@@ -1,0 +1,223 @@
+"""GET /metrics: prometheus_client's multiprocess mode under real gunicorn (2 gevent workers) against a real
+redis-server; the pool's stats turned into metrics by sampling; the logs of the pool in gunicorn's error log.
+"""
+import os
+import re
+import signal
+from pathlib import Path
+
+import gevent
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from gunicorn_proc import Load, gunicorn_factory, wait_until  # noqa: F401 (fixture)
+from pool import stats as S
+from wsgi_app.metrics import WAIT_BUCKETS, ServiceMetrics, observe_waits
+from wsgi_app.service import create_app
+
+ROUTES = {"/", "/healthz", "/readyz", "/stats", "/metrics", "/hashes/{name}", "unmatched"}
+SECRET = "s3cretkey"  # part of every hash name the tests use: it must never reach a label
+
+
+def scrape(service):
+    """``{(name, ((label, value), ...)): value}`` of one GET /metrics, and the raw text."""
+    reply = service.request("GET", "/metrics")
+    assert reply.status == 200, reply
+    assert reply.headers["Content-Type"].startswith("text/plain; version=")
+    text = reply.body.decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples, text
+
+
+def total(samples, name, **labels):
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(value for (sample, keys), value in samples.items() if sample == name and want <= set(keys))
+
+
+def seed(admin, count=20):
+    expected = {}
+    for i in range(count):
+        name = f"{SECRET}-{i}"
+        expected[name] = {"name": name}
+        admin.hset("greenpool:" + name, mapping=expected[name])
+    return expected
+
+
+def http_ok(samples):
+    return total(samples, "greenpool_http_requests_total", method="GET", route="/hashes/{name}", status="200")
+
+
+def pool_gauges(samples):
+    return {name: total(samples, f"greenpool_pool_{name}") for name in ("size", "in_use", "idle", "waiting", "max")}
+
+
+# -- real gunicorn, 2 workers ----------------------------------------------------------------------------------
+
+def test_counters_gauges_and_labels_under_load(gunicorn_factory, redis_url, admin):
+    """With 2 workers under load, the scraped request counter agrees with the requests sent (within the ones in
+    flight during the scrape, exactly once the load stopped); the pool gauges return to idle values; no label
+    holds a raw key; the private metrics directory is removed when the master exits.
+    """
+    expected = seed(admin)
+    service = gunicorn_factory(env={"REDIS_URL": redis_url, "POOL_MAX_SIZE": 3, "METRICS_INTERVAL": 0.2},
+                               args=["--access-logfile", "-"], workers=2)
+    clients = 12
+    load = Load(service.port, expected, clients=clients, max_requests=3000, max_seconds=30).start()
+    load.wait_ok(300)
+    for _ in range(3):  # scrapes land on either worker: each one sees both
+        before = load.ok + len(load.failed)
+        samples, _ = scrape(service)
+        after = load.ok + len(load.failed)
+        assert before <= http_ok(samples) <= after + clients
+        gevent.sleep(0.05)
+    busy = pool_gauges(samples)
+    load.stop()
+    assert load.failed == []
+    assert busy["max"] == 6 and busy["size"] <= 6
+
+    def idle():  # each worker's reading is up to METRICS_INTERVAL old: wait for readings taken after the load
+        samples = scrape(service)[0]
+        gauges = pool_gauges(samples)
+        return (total(samples, "greenpool_pool_wait_seconds_count") >= load.ok  # one checkout per request
+                and gauges["in_use"] == gauges["waiting"] == 0 and gauges["idle"] == gauges["size"] > 0)
+
+    wait_until(idle, 5, interval=0.1, message="pool gauges back to idle")
+    samples, text = scrape(service)
+    assert http_ok(samples) == load.ok
+    assert total(samples, "greenpool_http_request_duration_seconds_count", route="/hashes/{name}") == load.ok
+    assert total(samples, "greenpool_pool_connections_created_total") >= 2
+    assert SECRET not in text
+    for (_, labels), _ in samples.items():
+        labels = dict(labels)
+        assert "route" not in labels or labels["route"] in ROUTES, labels
+    assert re.search(r'"GET /hashes/\S+ HTTP/1.1" 200 \d+ "-" "[^"]*" \d+\n', service.log()), "access log with time"
+    started = re.search(r"Metrics of all workers in (\S+) \(0 old files removed\)", service.log_path.read_text())
+    metrics_dir = started.group(1)
+    assert Path(metrics_dir).is_dir()
+    service.stop()
+    assert not Path(metrics_dir).exists(), "the private metrics directory outlives the master"
+
+
+def test_sigkilled_worker_leaves_no_live_gauges(gunicorn_factory, redis_url, tmp_path):
+    """After a worker is SIGKILLed and replaced, the metrics directory no longer holds its live gauges (the
+    master's child_exit removed them), so the fleet's gauges count live workers only; its counters stay. Stale
+    files of an earlier run are removed at start.
+    """
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "gauge_livesum_999999.db").write_bytes(b"stale")
+    service = gunicorn_factory(env={"REDIS_URL": redis_url, "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+                                    "METRICS_INTERVAL": 0.1}, workers=2)
+    assert not (metrics_dir / "gauge_livesum_999999.db").exists()
+    workers = service.wait_workers(2)
+    wait_until(lambda: all((metrics_dir / f"gauge_livesum_{pid}.db").exists() for pid in workers), 5,
+               message="both workers' live gauges written")
+    wait_until(lambda: pool_gauges(scrape(service)[0])["max"] == 20, 5, message="2 workers' capacity")
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    service.wait_workers(2, exclude={victim})
+    assert not (metrics_dir / f"gauge_livesum_{victim}.db").exists()
+    assert (metrics_dir / f"counter_{victim}.db").exists(), "a dead worker's counters still count"
+    wait_until(lambda: pool_gauges(scrape(service)[0])["max"] == 20, 5, message="capacity of the live workers only")
+
+
+def test_leaks_and_discards_in_error_log(gunicorn_factory, redis_url, admin):
+    """A borrow held past leak_threshold and a connection discarded by a request timeout are logged in
+    gunicorn's error log with the worker's pid, and counted in /metrics.
+    """
+    service = gunicorn_factory(env={"REDIS_URL": redis_url + "?leak_threshold=0.05", "REQUEST_TIMEOUT": 0.3,
+                                    "METRICS_INTERVAL": 0.1}, workers=1)
+    (worker,) = service.wait_workers(1)
+    assert service.request("GET", "/readyz").status == 200  # a connection is open and idle
+    admin.client_pause(800)  # the service's next command waits: the borrow outlives leak_threshold and the request
+    assert service.request("GET", f"/hashes/{SECRET}").status == 504
+    held = re.compile(rf"\[{worker}\] \[WARNING\] pool 'web-{worker}': connection held for .*\nborrowed at:\n")
+    discarded = re.compile(rf"\[{worker}\] \[WARNING\] pool 'web-{worker}': discarding a connection \(cancelled\)")
+    wait_until(lambda: held.search(service.log()) and discarded.search(service.log()), 5, message=service.log())
+
+    def counted():
+        samples = scrape(service)[0]
+        return (total(samples, "greenpool_pool_leaks_reported_total") == 1
+                and total(samples, "greenpool_pool_connections_closed_total", reason="cancelled") == 1)
+
+    wait_until(counted, 5, interval=0.1, message="leak and discard counted")
+    samples = scrape(service)[0]
+    assert total(samples, "greenpool_http_requests_total", route="/hashes/{name}", status="504") == 1
+
+
+# -- in process ------------------------------------------------------------------------------------------------
+
+def test_metrics_in_process_without_multiproc_dir(redis_url):
+    """Outside gunicorn (no PROMETHEUS_MULTIPROC_DIR) /metrics serves this process's own metrics."""
+    import io
+
+    app = create_app({"REDIS_URL": redis_url})
+    try:
+        for path in ("/healthz", f"/hashes/{SECRET}", "/nowhere", "/metrics"):
+            captured = {}
+            environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.input": io.BytesIO()}
+            body = b"".join(app(environ, lambda status, headers: captured.update(dict(headers))))
+        text = body.decode()
+        assert captured["Content-Type"].startswith("text/plain")
+        assert 'greenpool_http_requests_total{method="GET",route="/hashes/{name}",status="404"} 1.0' in text
+        assert 'greenpool_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+        assert "greenpool_pool_size 1.0" in text and SECRET not in text
+    finally:
+        app.pool.close(1.0)
+
+
+class FakePool:
+    def __init__(self):
+        self.stats = dict.fromkeys(S.GAUGES + S.COUNTERS, 0)
+
+    def get_stats(self):
+        return dict(self.stats)
+
+
+def test_sampling_turns_stats_into_deltas():
+    """Counters advance by what changed between readings, also across a pop_stats() reset; gauges are set."""
+    fake = FakePool()
+    metrics = ServiceMetrics("", lambda: fake, interval=0)
+    registry = metrics._get().instruments.scrape_registry
+    fake.stats.update({S.POOL_SIZE: 3, S.POOL_IN_USE: 2, S.REQUESTS_NUM: 10, S.REQUESTS_QUEUED: 4,
+                       S.REQUESTS_WAIT_MS: 40, S.DISCARDED_LIFETIME: 1})
+    metrics.sample()
+    metrics.sample()  # nothing changed: nothing added
+    fake.stats.update({S.POOL_IN_USE: 0, S.REQUESTS_NUM: 2, S.REQUESTS_QUEUED: 0, S.REQUESTS_WAIT_MS: 0,
+                       S.DISCARDED_LIFETIME: 0})  # pop_stats() reset the counters
+    metrics.sample()
+    value = registry.get_sample_value
+    assert value("greenpool_pool_size") == 3 and value("greenpool_pool_in_use") == 0
+    assert value("greenpool_pool_connections_closed_total", {"reason": "lifetime"}) == 1
+    assert value("greenpool_pool_wait_seconds_count") == 12
+    assert value("greenpool_pool_wait_seconds_bucket", {"le": "0.0"}) == 8
+    assert value("greenpool_pool_wait_seconds_bucket", {"le": "0.01"}) == 12  # 4 waits of 10 ms on average
+    assert value("greenpool_pool_wait_seconds_sum") == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("free, queued, waited", [(5, 0, 0.0), (0, 3, 0.3), (7, 2, 9.0), (0, 0, 0.5)])
+def test_observe_waits_matches_observe(free, queued, waited):
+    """The O(1) batch recording gives the samples of ``observe()`` once per checkout (guards the histogram
+    internals it relies on across prometheus_client upgrades)."""
+    registry_a, registry_b = CollectorRegistry(), CollectorRegistry()
+    batch = Histogram("w", "w", buckets=WAIT_BUCKETS, registry=registry_a)
+    single = Histogram("w", "w", buckets=WAIT_BUCKETS, registry=registry_b)
+    observe_waits(batch, free, queued, waited)
+    for _ in range(free):
+        single.observe(0.0)
+    for _ in range(queued):
+        single.observe(waited / queued)
+
+    def samples(registry):
+        return {(s.name, tuple(s.labels.items())): round(s.value, 9) for m in registry.collect() for s in m.samples
+                if not s.name.endswith("_created")}
+
+    if queued or not waited:
+        assert samples(registry_a) == samples(registry_b)
+    else:  # a wait that ended after its checkout was counted in an earlier reading: only the sum grows
+        assert registry_a.get_sample_value("w_sum") == waited and registry_a.get_sample_value("w_count") == 0

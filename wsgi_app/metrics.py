@@ -1,0 +1,225 @@
+"""Prometheus metrics for the service, summed over all gunicorn workers by ``prometheus_client``'s multiprocess mode.
+
+Each worker writes its values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` (gunicorn.conf.py creates a
+private directory when it is unset); ``GET /metrics`` in any worker reads all the files. The master only prepares the
+directory and, in ``child_exit``, removes the live gauges of a worker that is gone (``mark_process_dead``).
+
+Nothing is added to the pool's checkout path. About once a second a greenlet in each worker reads the pool's
+``get_stats()``, sets the gauges and advances the counters by the change since the last reading; the worker that
+answers a scrape takes one more reading first. HTTP requests are counted as they finish, through label children
+bound once per (method, route, status): one counter increment and one histogram observation per request.
+
+The metrics objects are built lazily in each process that records something (never in gunicorn's master).
+"""
+import glob
+import logging
+import os
+
+import gevent
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client.exposition import choose_encoder
+
+from pool import stats as S
+
+__all__ = ["ServiceMetrics", "mark_process_dead", "prepare_dir"]
+
+log = logging.getLogger(__name__)
+
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# le="0.0" counts the checkouts that found a connection at once, without queueing.
+WAIT_BUCKETS = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "POST", "OPTIONS"})  # any other: "other"
+UNMATCHED = "unmatched"  # the route label of a path no route serves (404)
+
+# Pool gauges: livesum = the fleet total over live workers (a dead worker's value leaves with it).
+_GAUGES = (
+    (S.POOL_SIZE, "greenpool_pool_size", "Connections open or being opened, all live workers"),
+    (S.POOL_IN_USE, "greenpool_pool_in_use", "Connections borrowed right now, all live workers"),
+    (S.POOL_AVAILABLE, "greenpool_pool_idle", "Idle connections ready to lend, all live workers"),
+    (S.REQUESTS_WAITING, "greenpool_pool_waiting", "Checkouts queued for a connection, all live workers"),
+    (S.POOL_MAX, "greenpool_pool_max", "Configured max_size summed over live workers (the fleet's capacity)"),
+)
+_COUNTERS = (
+    (S.REQUESTS_TIMEOUTS, "greenpool_pool_timeouts", "Checkouts that gave up with PoolTimeout"),
+    (S.REQUESTS_REJECTED, "greenpool_pool_rejected", "Checkouts refused at once with TooManyRequests (max_waiting)"),
+    (S.REQUESTS_CANCELLED, "greenpool_pool_waits_cancelled", "Queued checkouts cancelled from outside"),
+    (S.CONNECTIONS_NUM, "greenpool_pool_connections_created", "Connections opened"),
+    (S.CONNECTIONS_ERRORS, "greenpool_pool_connect_errors", "Failed attempts to open a connection"),
+    (S.LEAKS_REPORTED, "greenpool_pool_leaks_reported", "Borrows held past leak_threshold (logged with their stack)"),
+)
+
+
+class _Instruments:
+    """The prometheus_client objects of one process, and what it needs to turn pool stats into them."""
+
+    def __init__(self, multiproc_dir):
+        registry = None if multiproc_dir else CollectorRegistry()  # multiprocess: the files are the registry
+        self.requests = Counter("greenpool_http_requests", "HTTP requests answered, by route template and status",
+                                ("method", "route", "status"), registry=registry)
+        self.latency = Histogram("greenpool_http_request_duration_seconds",
+                                 "Time from routing to the response body being ready, by route template",
+                                 ("method", "route"), buckets=HTTP_BUCKETS, registry=registry)
+        self.gauges = [(key, Gauge(name, doc, multiprocess_mode="livesum", registry=registry))
+                       for key, name, doc in _GAUGES]
+        self.counters = [(key, Counter(name, doc, registry=registry)) for key, name, doc in _COUNTERS]
+        closed = Counter("greenpool_pool_connections_closed",
+                         "Connections the pool closed instead of reusing, by reason", ("reason",), registry=registry)
+        self.counters += [(key, closed.labels(reason)) for reason, key in S.DISCARD_REASONS.items()]
+        self.wait = Histogram("greenpool_pool_wait_seconds",
+                              "Time a checkout waited for a connection (0 when one was free); sampled, see docs",
+                              buckets=WAIT_BUCKETS, registry=registry)
+        if multiproc_dir:
+            self.scrape_registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.scrape_registry, path=multiproc_dir)
+        else:
+            self.scrape_registry = registry
+
+
+class _ProcessMetrics:
+    """One process's instruments, bound label children, last pool reading and sampler greenlet."""
+
+    def __init__(self, multiproc_dir, pool_source):
+        self.instruments = _Instruments(multiproc_dir)
+        self.pool_source = pool_source
+        self.bound = {}  # (method, route, status) -> (counter child, histogram child)
+        self.last_pool = None
+        self.last = {}
+        self.sampler = None
+
+    def bind(self, key):
+        method, route, _ = key
+        inst = self.instruments
+        pair = self.bound[key] = (inst.requests.labels(*key), inst.latency.labels(method, route))
+        return pair
+
+    def sample(self):
+        """Read the pool's stats once: set the gauges, advance the counters by what changed since the last read.
+
+        No gevent switch happens in here, so a scrape's reading and the sampler's never interleave.
+        """
+        pool = self.pool_source()
+        get_stats = getattr(pool, "get_stats", None)
+        if get_stats is None:
+            return
+        stats = get_stats()
+        last = self.last if pool is self.last_pool else {}
+        self.last_pool, self.last = pool, stats
+
+        def delta(key):
+            now, before = stats.get(key, 0), last.get(key, 0)
+            return now if now < before else now - before  # smaller: pop_stats() reset the counters
+
+        inst = self.instruments
+        for key, gauge in inst.gauges:
+            gauge.set(stats.get(key, 0))
+        for key, counter in inst.counters:
+            change = delta(key)
+            if change:
+                counter.inc(change)
+        queued = delta(S.REQUESTS_QUEUED)
+        observe_waits(inst.wait, max(0, delta(S.REQUESTS_NUM) - queued), queued, delta(S.REQUESTS_WAIT_MS) / 1000.0)
+
+    def run_sampler(self, interval):
+        while True:
+            gevent.sleep(interval)
+            try:
+                self.sample()
+            except Exception:
+                log.exception("sampling the pool's stats failed")
+
+
+def observe_waits(histogram, free, queued, waited):
+    """Record ``free`` checkouts that did not wait and ``queued`` ones that waited ``waited`` seconds in all.
+
+    The pool keeps only totals, so each queued checkout of one reading is placed at their mean wait: ``_sum`` and
+    ``_count`` are exact, the buckets are as fine as one sampling interval. Done in O(1) on the histogram's value
+    objects (``observe()`` once per checkout would cost thousands of file writes a second under load); the test
+    suite checks that this matches ``observe()``.
+    """
+    if not (free or queued or waited):
+        return
+    sum_, buckets, bounds = histogram._sum, histogram._buckets, histogram._upper_bounds
+    sum_.inc(waited)
+    if free:
+        buckets[_bucket(bounds, 0.0)].inc(free)
+    if queued:
+        buckets[_bucket(bounds, waited / queued)].inc(queued)
+
+
+def _bucket(bounds, amount):
+    for i, bound in enumerate(bounds):
+        if amount <= bound:
+            return i
+    return len(bounds) - 1  # bounds end with +Inf
+
+
+class ServiceMetrics:
+    """The service's metrics, built on first use in each process (a forked worker builds its own).
+
+    ``pool_source()`` returns this process's pool or ``None`` (it must not create one); ``multiproc_dir`` is
+    ``PROMETHEUS_MULTIPROC_DIR`` or empty for single-process metrics (the app outside gunicorn).
+    """
+
+    def __init__(self, multiproc_dir, pool_source, interval=1.0):
+        self.multiproc_dir = multiproc_dir
+        self.pool_source = pool_source
+        self.interval = interval
+        self._state = None
+        self._pid = None
+
+    def _get(self):
+        state = self._state
+        if state is not None and self._pid == os.getpid():
+            return state
+        if self.multiproc_dir and not values.ValueClass._multiprocess:
+            raise RuntimeError("PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported: set it before "
+                               "importing wsgi_app (gunicorn.conf.py does), or metrics would not be shared")
+        self._state, self._pid = _ProcessMetrics(self.multiproc_dir, self.pool_source), os.getpid()
+        return self._state
+
+    def observe(self, method, route, status, seconds):
+        """Count one answered request (per-request path: a dict lookup, one increment, one observation)."""
+        if method not in METHODS:
+            method = "other"
+        state = self._get()
+        key = (method, route, status)
+        pair = state.bound.get(key)
+        if pair is None:
+            pair = state.bind(key)
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def sample(self):
+        """Take one reading of this process's pool stats now."""
+        self._get().sample()
+
+    def start_sampler(self):
+        """Start this worker's sampling greenlet (once; not at all when the interval is 0)."""
+        state = self._get()
+        if self.interval > 0 and state.sampler is None:
+            state.sampler = gevent.spawn(state.run_sampler, self.interval)
+
+    def render(self, accept=None):
+        """``(content_type, body)``: the scrape of all workers, in the format the ``Accept`` header asks for."""
+        state = self._get()
+        state.sample()
+        encoder, content_type = choose_encoder(accept)
+        return content_type, encoder(state.instruments.scrape_registry)
+
+
+def prepare_dir(path):
+    """Create ``path`` if needed and remove the metric files (``*.db``) a previous run left there; returns how many.
+
+    Stale files would keep dead processes' live gauges in the sums: the directory must be emptied at every start.
+    """
+    os.makedirs(path, exist_ok=True)
+    removed = 0
+    for name in glob.glob(os.path.join(glob.escape(path), "*.db")):
+        os.remove(name)
+        removed += 1
+    return removed
+
+
+def mark_process_dead(pid, path):
+    """In the master, after worker ``pid`` exited (even by SIGKILL): drop its live gauges from the sums."""
+    multiprocess.mark_process_dead(pid, path)
