@@ -60,3 +60,30 @@ def admin(redis_server):
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A 3-master Redis Cluster on free loopback ports, shared by one test module."""
+    from topology import ClusterTopology
+
+    topo = ClusterTopology(tmp_path_factory.mktemp("cluster"))
+    topo.start()
+    yield topo
+    topo.stop()
+
+
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 3000
+
+
+@pytest.fixture
+def topology(tmp_path):
+    """1 master, 1 replica and 3 sentinels that fail over about a second after the master dies."""
+    from topology import SentinelTopology
+
+    topo = SentinelTopology(tmp_path / "sentinel", down_after_ms=SENTINEL_DOWN_AFTER_MS,
+                            failover_timeout_ms=SENTINEL_FAILOVER_TIMEOUT_MS)
+    topo.start()
+    yield topo
+    topo.stop()

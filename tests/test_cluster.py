@@ -6,15 +6,6 @@ from redis.cluster import ClusterNode, RedisCluster
 from pool import RedisPool
 from pool.cluster import cluster_client
 from pool.urls import parse_redis_url
-from topology import ClusterTopology
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    topo = ClusterTopology(tmp_path_factory.mktemp("cluster"))
-    topo.start()
-    yield topo
-    topo.stop()
 
 
 @pytest.fixture

@@ -8,18 +8,9 @@ from redis.sentinel import Sentinel
 
 from pool.sentinel import SentinelRedisPool
 from pool.urls import parse_redis_url
-from topology import SentinelTopology, wait_until
+from helpers import wait_until
 
-DOWN_AFTER_MS = 1000
-FAILOVER_TIMEOUT_MS = 3000
-
-
-@pytest.fixture
-def topology(tmp_path):
-    topo = SentinelTopology(tmp_path / "sentinel", down_after_ms=DOWN_AFTER_MS, failover_timeout_ms=FAILOVER_TIMEOUT_MS)
-    topo.start()
-    yield topo
-    topo.stop()
+from conftest import SENTINEL_DOWN_AFTER_MS as DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS as FAILOVER_TIMEOUT_MS
 
 
 class Load:

@@ -11,19 +11,10 @@ import gevent
 import pytest
 
 from gunicorn_proc import gunicorn_factory, service_clients  # noqa: F401 (fixture)
-from topology import ClusterTopology
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PREFIX = "greenpool:"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    topo = ClusterTopology(tmp_path_factory.mktemp("cluster"))
-    topo.start()
-    yield topo
-    topo.stop()
 
 
 @pytest.fixture

@@ -11,21 +11,12 @@ import pytest
 import redis
 
 from gunicorn_proc import Gunicorn, gunicorn_factory, service_clients  # noqa: F401 (fixture)
-from topology import SentinelTopology, wait_until
+from helpers import wait_until
 
-DOWN_AFTER_MS = 1000
-FAILOVER_TIMEOUT_MS = 3000
+from conftest import SENTINEL_DOWN_AFTER_MS as DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS as FAILOVER_TIMEOUT_MS
 REQUEST_TIMEOUT = 2.0
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def topology(tmp_path):
-    topo = SentinelTopology(tmp_path / "sentinel", down_after_ms=DOWN_AFTER_MS, failover_timeout_ms=FAILOVER_TIMEOUT_MS)
-    topo.start()
-    yield topo
-    topo.stop()
 
 
 def seed(topology, count=30):

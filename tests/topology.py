@@ -11,26 +11,12 @@ import time
 
 import redis
 
+from helpers import wait_until
 from wsgi_app.redis_server import RedisProcess, free_port
 
-__all__ = ["ClusterTopology", "SentinelProcess", "SentinelTopology", "wait_until"]
+__all__ = ["ClusterTopology", "SentinelProcess", "SentinelTopology"]
 
 SERVICE = "mymaster"
-
-
-def wait_until(predicate, timeout, interval=0.05, what="condition"):
-    """Poll ``predicate`` until it returns something truthy (returned); TimeoutError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (redis.RedisError, OSError) as error:
-            last_error = error
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout}s (last error: {last_error!r})")
 
 
 def _admin(port):
