@@ -11,6 +11,7 @@ from time import perf_counter
 
 import gevent
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 _REASONS = {
     200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
     405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
-    500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout",
+    500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout", 507: "Insufficient Storage",
 }
 STATUS_LINES = {code: f"{code} {reason}" for code, reason in _REASONS.items()}
 HASHES = "/hashes/"
@@ -130,6 +131,8 @@ class Service:
             return error_response(409, "wrong_type", str(exc))
         except (RedisConnectionError, RedisTimeoutError) as exc:  # pool exhausted or closed, Redis unreachable
             return error_response(503, "unavailable", str(exc) or type(exc).__name__, self.unavailable_headers)
+        except OutOfMemoryError as exc:  # maxmemory reached with noeviction: this write is refused, reads still work
+            return error_response(507, "insufficient_storage", str(exc))
         except RedisError as exc:
             log.warning("Redis error on %s %s: %r", environ["REQUEST_METHOD"], path[:200], exc)
             return error_response(500, "redis_error", str(exc))
@@ -170,11 +173,18 @@ class Service:
                 raise HTTPError(400, "invalid_request", "invalid Content-Length") from None
             if size > limit:
                 raise HTTPError(413, "body_too_large", f"the body is larger than MAX_BODY_BYTES ({limit})")
-            return environ["wsgi.input"].read(size)
-        body = environ["wsgi.input"].read(limit + 1)  # chunked: read one byte more than allowed
+            return self._read_input(environ, size)
+        body = self._read_input(environ, limit + 1)  # chunked: read one byte more than allowed
         if len(body) > limit:
             raise HTTPError(413, "body_too_large", f"the body is larger than MAX_BODY_BYTES ({limit})")
         return body
+
+    @staticmethod
+    def _read_input(environ, size):
+        try:
+            return environ["wsgi.input"].read(size)
+        except Exception as exc:  # the server refused the body's framing (a bad chunk): the client's error, not ours
+            raise HTTPError(400, "invalid_body", f"the body could not be read: {str(exc)[:200]}") from None
 
     # -- handlers ------------------------------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ inside the same Lua script, so nothing is changed in that case.
 """
 import hashlib
 
-from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from .errors import WrongType
@@ -38,17 +37,11 @@ class _Script:
             raise
 
 
+# Replace without the key ever disappearing (HSET the new fields, then HDEL the others), for two reasons:
+# the first write is the HSET, so a server at its memory limit refuses the script before it changed anything
+# (a DEL first would let the script go on past maxmemory); and in a Redis Cluster slot that is being migrated,
+# a script that deletes its key and writes it again is refused ("attempted to access a non local key").
 _REPLACE = _Script("""
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return t == 'none' and 1 or 0
-""")
-
-# The same result without the key ever disappearing: in a Redis Cluster slot that is being migrated, a script
-# that deletes its key and writes it again is refused ("attempted to access a non local key"), because the
-# source node then sends writes to a missing key to the importing node. Used only for a cluster: it reads
-# the old field names, so it is slower than DEL + HSET.
-_REPLACE_IN_PLACE = _Script("""
 redis.call('HSET', KEYS[1], unpack(ARGV))
 if t == 'none' then return 1 end
 local keep = {}
@@ -99,8 +92,6 @@ def get_hash(client, key):
 
 def replace_hash(client, key, flat_args):
     """Make the hash exactly ``flat_args`` (field, value, ...); True when the key did not exist before."""
-    if isinstance(client, RedisCluster):
-        return _REPLACE_IN_PLACE(client, key, flat_args) == 1
     return _REPLACE(client, key, flat_args) == 1
 
 

@@ -43,7 +43,7 @@ def parse_hash_body(body, limits):
     """The JSON object of string values in ``body``, as a dict; at least one field."""
     try:
         value = json.loads(body)
-    except (UnicodeError, ValueError):  # JSONDecodeError is a ValueError
+    except (UnicodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError; RecursionError: nested too deep
         raise _bad("the body is not valid JSON", "invalid_json") from None
     if not isinstance(value, dict):
         raise _bad("the body must be a JSON object of string values", "invalid_body")
