@@ -1,4 +1,4 @@
-"""Test fixtures: real redis-server processes on free loopback ports, never the shared one on 6379.
+"""Test fixtures: real redis-server processes on free loopback ports, never the machine's shared Redis.
 
 The test process is monkey-patched first, as the service is: the pool's concurrency is only real when
 redis-py's sockets are gevent's.

@@ -55,5 +55,5 @@ def test_python_m_pool_demo_starts_its_own_server():
     )
     assert done.returncode == 0, done.stderr
     assert "started a private redis-server at redis://127.0.0.1:" in done.stdout
-    assert ":6379/" not in done.stdout
+    assert ":6379/" not in done.stdout  # not the machine's shared Redis on the default port
     assert "RedisPool (right)" in done.stdout

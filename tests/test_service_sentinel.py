@@ -109,7 +109,8 @@ class HttpLoad:
 def test_redis_url_checked_at_startup_without_showing_passwords(tmp_path, gunicorn_factory):
     """A malformed sentinel or cluster URL stops gunicorn with a message naming REDIS_URL; a valid one is
     logged with its passwords (data servers' and sentinels') replaced by ***."""
-    for url, needle in [("redis+sentinel://:hunter2-secret@127.0.0.1:26379", "REDIS_URL is invalid: a sentinel URL"),
+    # these URLs are refused at start-up: nothing ever connects to them
+    for url, needle in [("redis+sentinel://:hunter2-secret@127.0.0.1:26379", "REDIS_URL is invalid: a sentinel URL"),  # noqa
                         ("redis+cluster://:hunter2-secret@127.0.0.1:7000?max_sise=3", "REDIS_URL is invalid: unknown option"),
                         ("redis+cluster://:hunter2/secret@127.0.0.1:7000", "REDIS_URL is invalid: empty host")]:
         service = Gunicorn(tmp_path, {"REDIS_URL": url})

@@ -21,7 +21,7 @@ def test_sentinel_url():
     target = parse_redis_url("rediss+sentinel://user:s%40cret@h1,h2:5000,[::1]/mymaster/3"
                              "?max_size=4&sentinel_password=sp&master_check_interval=2&socket_timeout=1")
     assert target.kind == "sentinel" and target.service_name == "mymaster"
-    assert target.addresses == (("h1", 26379), ("h2", 5000), ("::1", 26379))
+    assert target.addresses == (("h1", 26379), ("h2", 5000), ("::1", 26379))  # default ports, parsed only
     assert target.connection_kwargs == {"username": "user", "password": "s@cret", "ssl": True, "db": 3,
                                         "socket_timeout": 1.0}
     assert target.sentinel_kwargs["password"] == "sp"
@@ -31,7 +31,7 @@ def test_sentinel_url():
 
 def test_cluster_url():
     target = parse_redis_url("redis+cluster://:pw@h1:7000,h2?max_size=5")
-    assert target.kind == "cluster" and target.addresses == (("h1", 7000), ("h2", 6379))
+    assert target.kind == "cluster" and target.addresses == (("h1", 7000), ("h2", 6379))  # parsed only
     assert target.connection_kwargs == {"password": "pw"} and target.pool_options == {"max_size": 5}
 
 
