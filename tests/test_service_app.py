@@ -109,6 +109,8 @@ BAD_WRITES = [
     ("PUT", "/hashes/k", {"a": 1}, JSON, {}, 400, "invalid_body"),
     ("PATCH", "/hashes/k", {"a": None}, JSON, {}, 400, "invalid_body"),
     ("PATCH", "/hashes/k", {"a": {"b": "c"}}, JSON, {}, 400, "invalid_body"),
+    ("PUT", "/hashes/k", b'{"a":"\\ud800"}', JSON, {}, 400, "invalid_body"),  # a lone surrogate: not Unicode
+    ("PATCH", "/hashes/k", b'{"\\udfff":"v"}', JSON, {}, 400, "invalid_body"),
     ("PUT", "/hashes/k", {f"f{i}": "v" for i in range(11)}, JSON, {}, 400, "too_many_fields"),
     ("PUT", "/hashes/", {"a": "1"}, JSON, {}, 400, "invalid_key"),
     ("PUT", "/hashes/" + "k" * 65, {"a": "1"}, JSON, {}, 400, "invalid_key"),

@@ -55,9 +55,12 @@ def parse_hash_body(body, limits):
     for field, text in value.items():
         if not isinstance(text, str):
             raise _bad(f"the value of {field[:64]!r} is not a string", "invalid_body")
-        if len(field) * 4 > limit or len(text) * 4 > limit:  # cheap bound first, exact count only if needed
-            if len(field.encode("utf-8", "surrogatepass")) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
-                raise _bad(f"a field name or value is longer than {limit} bytes", "invalid_body")
+        try:  # strict UTF-8: json.loads lets lone surrogates ("\ud800") through, and Redis cannot store them
+            too_long = len(field.encode("utf-8")) > limit or len(text.encode("utf-8")) > limit
+        except UnicodeEncodeError:
+            raise _bad("a field name or value holds a lone surrogate, which is not valid Unicode", "invalid_body") from None
+        if too_long:
+            raise _bad(f"a field name or value is longer than {limit} bytes", "invalid_body")
         if not field:
             raise _bad("a field name is empty", "invalid_body")
     return value
