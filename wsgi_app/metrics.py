@@ -7,13 +7,18 @@ directory and, in ``child_exit``, removes the live gauges of a worker that is go
 Nothing is added to the pool's checkout path. About once a second a greenlet in each worker reads the pool's
 ``get_stats()``, sets the gauges and advances the counters by the change since the last reading; the worker that
 answers a scrape takes one more reading first. HTTP requests are counted as they finish, through label children
-bound once per (method, route, status): one counter increment and one histogram observation per request.
+bound once per (method, route, status): one counter increment per request, written to the worker's file at once
+(a scrape answered by any worker sees every request already answered). Their latencies are counted in a plain list
+per (method, route) (the sum and one slot per bucket) and folded into the histogram's values by the same readings
+(sampler, scrape, ``worker_exit``): the histogram of another worker is up to ``METRICS_INTERVAL`` old, and a
+SIGKILLed worker's last interval of latencies is lost (its request counts are not).
 
 The metrics objects are built lazily in each process that records something (never in gunicorn's master).
 """
 import glob
 import logging
 import os
+from bisect import bisect_left
 
 import gevent
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
@@ -30,6 +35,9 @@ HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 WAIT_BUCKETS = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "POST", "OPTIONS"})  # any other: "other"
 UNMATCHED = "unmatched"  # the route label of a path no route serves (404)
+
+_fork_generation = [0]  # bumped in a forked child: its metrics state is rebuilt (cheaper than os.getpid() per request)
+os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
 
 # Pool gauges: livesum = the fleet total over live workers (a dead worker's value leaves with it).
 _GAUGES = (
@@ -81,22 +89,43 @@ class _ProcessMetrics:
     def __init__(self, multiproc_dir, pool_source):
         self.instruments = _Instruments(multiproc_dir)
         self.pool_source = pool_source
-        self.bound = {}  # (method, route, status) -> (counter child, histogram child)
+        self.bound = {}  # (method, route, status) -> (counter child, pending latencies of (method, route))
+        self.latencies = {}  # (method, route) -> [sum of seconds, count per bucket (len(HTTP_BUCKETS) + 1)...]
         self.last_pool = None
         self.last = {}
         self.sampler = None
 
     def bind(self, key):
         method, route, _ = key
-        inst = self.instruments
-        pair = self.bound[key] = (inst.requests.labels(*key), inst.latency.labels(method, route))
+        pending = self.latencies.get((method, route))
+        if pending is None:
+            pending = self.latencies[method, route] = [0.0] * (len(HTTP_BUCKETS) + 2)
+        pair = self.bound[key] = (self.instruments.requests.labels(*key), pending)
         return pair
 
+    def fold_latencies(self):
+        """Add the latencies counted since the last fold to the histogram's values (in place: one ``inc`` per
+        non-empty bucket, not one ``observe`` per request) and zero the pending counts."""
+        histogram = self.instruments.latency
+        for labels, pending in self.latencies.items():
+            if not any(pending):
+                continue
+            values = pending[:]
+            pending[:] = [0.0] * len(pending)  # no gevent switch since the copy: no request is lost
+            child = histogram.labels(*labels)
+            if values[0]:
+                child._sum.inc(values[0])
+            for bucket, count in zip(child._buckets, values[1:]):
+                if count:
+                    bucket.inc(count)
+
     def sample(self):
-        """Read the pool's stats once: set the gauges, advance the counters by what changed since the last read.
+        """Fold the pending request latencies; read the pool's stats once: set the gauges, advance the counters
+        by what changed since the last read.
 
         No gevent switch happens in here, so a scrape's reading and the sampler's never interleave.
         """
+        self.fold_latencies()
         pool = self.pool_source()
         get_stats = getattr(pool, "get_stats", None)
         if get_stats is None:
@@ -165,29 +194,34 @@ class ServiceMetrics:
         self.pool_source = pool_source
         self.interval = interval
         self._state = None
-        self._pid = None
+        self._generation = None
 
     def _get(self):
         state = self._state
-        if state is not None and self._pid == os.getpid():
+        if state is not None and self._generation == _fork_generation[0]:
             return state
         if self.multiproc_dir and not values.ValueClass._multiprocess:
             raise RuntimeError("PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported: set it before "
                                "importing wsgi_app (gunicorn.conf.py does), or metrics would not be shared")
-        self._state, self._pid = _ProcessMetrics(self.multiproc_dir, self.pool_source), os.getpid()
+        self._state, self._generation = _ProcessMetrics(self.multiproc_dir, self.pool_source), _fork_generation[0]
         return self._state
 
     def observe(self, method, route, status, seconds):
-        """Count one answered request (per-request path: a dict lookup, one increment, one observation)."""
+        """Count one answered request (per-request path: a dict lookup, one counter increment, and the latency
+        counted in a plain list, folded into the histogram by the next reading)."""
         if method not in METHODS:
             method = "other"
-        state = self._get()
+        state = self._state
+        if state is None or self._generation != _fork_generation[0]:
+            state = self._get()
         key = (method, route, status)
         pair = state.bound.get(key)
         if pair is None:
             pair = state.bind(key)
         pair[0].inc()
-        pair[1].observe(seconds)
+        pending = pair[1]
+        pending[0] += seconds
+        pending[bisect_left(HTTP_BUCKETS, seconds) + 1] += 1  # the first bucket whose bound is >= seconds
 
     def sample(self):
         """Take one reading of this process's pool stats now."""

@@ -9,7 +9,7 @@ import logging
 import os
 from time import perf_counter
 
-import gevent
+from gevent import Timeout
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import RedisError
@@ -37,10 +37,15 @@ HASH_ROUTE = "/hashes/{name}"  # the route's label in metrics: never the key its
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+_JSON_TYPE = ("Content-Type", "application/json")
+
+
 def json_response(status, payload, headers=()):
     """``(status, headers, body)`` with ``payload`` encoded once."""
     body = _dumps(payload).encode("utf-8")
-    return status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers], body
+    if headers:
+        return status, [_JSON_TYPE, ("Content-Length", str(len(body))), *headers], body
+    return status, [_JSON_TYPE, ("Content-Length", str(len(body)))], body
 
 
 def error_response(status, error, detail, headers=()):
@@ -60,6 +65,7 @@ class Service:
         self.pool = pool  # a WorkerPool
         self.limits = Limits(settings)
         self.prefix = settings.key_prefix
+        self.default_key = settings.default_key
         self.request_timeout = settings.request_timeout
         self.pool_timeout = settings.pool_timeout
         self.max_body = settings.max_body_bytes
@@ -90,10 +96,9 @@ class Service:
 
     def __call__(self, environ, start_response):
         started = perf_counter()
-        status, headers, body = self.respond(environ)
+        status, headers, body, route = self.respond(environ)
         start_response(STATUS_LINES[status], headers)
-        elapsed = perf_counter() - started
-        self.metrics.observe(environ["REQUEST_METHOD"], self.route_label(environ), status, elapsed)
+        self.metrics.observe(environ["REQUEST_METHOD"], route, status, perf_counter() - started)
         return [body]
 
     def route_label(self, environ):
@@ -104,25 +109,38 @@ class Service:
         return path if path in self.routes else UNMATCHED
 
     def respond(self, environ):
-        """Route the request and run its handler under the REQUEST_TIMEOUT deadline; every failure becomes JSON."""
+        """Route the request and run its handler under the REQUEST_TIMEOUT deadline; every failure becomes JSON.
+
+        Returns ``(status, headers, body, route label)``.
+        """
         path = environ.get("PATH_INFO") or "/"
         name = None
         if path.startswith(HASHES):
-            route, name = self.hash_route, path[len(HASHES):]
+            route, name, label = self.hash_route, path[len(HASHES):], HASH_ROUTE
         else:
             route = self.routes.get(path)
             if route is None:
-                return error_response(404, "not_found", f"no route for {path[:200]!r}")
+                return (*error_response(404, "not_found", f"no route for {path[:200]!r}"), UNMATCHED)
+            label = path
         methods, allow = route
         handler = methods.get(environ["REQUEST_METHOD"])
         if handler is None:
-            return error_response(405, "method_not_allowed", f"allowed: {allow[0][1]}", allow)
-        timer = gevent.Timeout.start_new(self.request_timeout)
+            return (*error_response(405, "method_not_allowed", f"allowed: {allow[0][1]}", allow), label)
+        return (*self.run(handler, environ, name, path), label)
+
+    def run(self, handler, environ, name, path):
+        """``handler(environ, name)`` under the REQUEST_TIMEOUT deadline; every failure becomes JSON.
+
+        A new ``gevent.Timeout`` per request (~2 us). Re-arming one Timeout per greenlet with start()/cancel() is
+        not correct under gevent's libev loop: a stopped timer keeps its *remaining* time, so the deadline of a
+        keep-alive connection shrinks by every earlier request's duration until it fires on a fast request.
+        """
+        timer = Timeout.start_new(self.request_timeout)
         try:
             return handler(environ, name)
         except HTTPError as exc:
             return error_response(exc.status, exc.error, exc.detail, exc.headers)
-        except gevent.Timeout as exc:
+        except Timeout as exc:
             if exc is not timer:
                 raise
             # the pool discarded any connection the handler held: a cancelled request never leaves a reply unread
@@ -203,15 +221,24 @@ class Service:
         content_type, body = self.metrics.render(environ.get("HTTP_ACCEPT"))
         return 200, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
 
+    def read_hash(self, key):
+        """HGETALL ``key``: on a single server or Sentinel pool straight on a borrowed raw connection (no
+        ``redis.Redis`` layers; the pool still discards it on cancellation or a connection error), on a
+        cluster through the cluster client."""
+        pool = self.pool.get()
+        connection = getattr(pool, "connection", None)
+        if connection is None:  # ClusterPool: the cluster client routes the key to its node
+            with pool.client() as client:
+                return store.get_hash(client, key)
+        with connection() as conn:
+            return store.get_hash_raw(conn, key)
+
     def get_default(self, environ, name):
-        with self.pool.get().client() as client:
-            found = store.get_hash(client, self.settings.default_key)
-        return json_response(200, found or {})
+        return json_response(200, self.read_hash(self.default_key) or {})
 
     def get_hash(self, environ, name):
         key = self.key(name)
-        with self.pool.get().client() as client:
-            found = store.get_hash(client, key)
+        found = self.read_hash(key)
         if found is None:
             raise HTTPError(404, "not_found", f"no hash named {name!r}")
         return json_response(200, found)

@@ -11,7 +11,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .errors import WrongType
 
-__all__ = ["delete_hash", "get_hash", "merge_hash", "replace_hash"]
+__all__ = ["delete_hash", "get_hash", "get_hash_raw", "merge_hash", "replace_hash"]
 
 _CHECK_TYPE = """
 local t = redis.call('TYPE', KEYS[1])['ok']
@@ -88,6 +88,32 @@ def get_hash(client, key):
     if not raw:
         return None
     return {_text(field): _text(value) for field, value in raw.items()}
+
+
+def get_hash_raw(conn, key):
+    """``get_hash`` on a raw redis-py connection the caller borrowed (``pool.connection()``): HGETALL sent and
+    read directly. The reply is a dict (RESP3) or a flat field, value list (RESP2); bytes, or str when the
+    connection decodes."""
+    conn.send_command("HGETALL", key)
+    try:
+        raw = conn.read_response()
+    except ResponseError as exc:
+        _raise_wrong_type(exc)
+        raise
+    if not raw:
+        return None
+    try:  # the common case: bytes holding valid UTF-8
+        return {field.decode(): value.decode() for field, value in _pairs(raw)}
+    except (AttributeError, UnicodeDecodeError):  # str replies, or invalid UTF-8: each decoded with "replace"
+        return {_text(field): _text(value) for field, value in _pairs(raw)}
+
+
+def _pairs(raw):
+    """The (field, value) pairs of an HGETALL reply: a dict (RESP3) or a flat list (RESP2)."""
+    if isinstance(raw, dict):
+        return raw.items()
+    it = iter(raw)
+    return zip(it, it)
 
 
 def replace_hash(client, key, flat_args):
