@@ -10,10 +10,11 @@ import gevent
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from gunicorn_proc import Load, gunicorn_factory, wait_until  # noqa: F401 (fixture)
 from pool import stats as S
-from wsgi_app.metrics import WAIT_BUCKETS, ServiceMetrics, observe_waits
+from wsgi_app.metrics import HTTP_BUCKETS, WAIT_BUCKETS, ServiceMetrics, observe_waits
 from wsgi_app.service import create_app
 
 ROUTES = {"/", "/healthz", "/readyz", "/stats", "/metrics", "/hashes/{name}", "unmatched"}
@@ -198,6 +199,25 @@ def test_sampling_turns_stats_into_deltas():
     assert value("greenpool_pool_wait_seconds_bucket", {"le": "0.0"}) == 8
     assert value("greenpool_pool_wait_seconds_bucket", {"le": "0.01"}) == 12  # 4 waits of 10 ms on average
     assert value("greenpool_pool_wait_seconds_sum") == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("interval", [1.0, 0])
+def test_request_latencies_fold_like_observe(interval):
+    """Latencies counted per request and folded by a reading give the buckets and sum ``observe()`` would (guards
+    the histogram internals the fold relies on); with no sampler (interval 0) they are in the histogram at once."""
+    metrics = ServiceMetrics("", lambda: None, interval=interval)
+    value = metrics._get().instruments.scrape_registry.get_sample_value
+    route = {"method": "GET", "route": "/"}
+    latencies = [0.0, 1e-9, 0.001, 0.0042, 0.01, 0.0100001, 0.3, 2.5, 10.0, 99.0]  # bounds, between, above all
+    for seconds in latencies:
+        metrics.observe("GET", "/", 200, seconds)
+    count = value("greenpool_http_request_duration_seconds_count", route)
+    assert count == (len(latencies) if interval == 0 else None)  # sampled: nothing before the next reading
+    metrics.sample()
+    for bound in (*HTTP_BUCKETS, float("inf")):
+        got = value("greenpool_http_request_duration_seconds_bucket", dict(route, le=floatToGoString(bound)))
+        assert got == sum(1 for seconds in latencies if seconds <= bound), bound
+    assert value("greenpool_http_request_duration_seconds_sum", route) == pytest.approx(sum(latencies))
 
 
 @pytest.mark.parametrize("free, queued, waited", [(5, 0, 0.0), (0, 3, 0.3), (7, 2, 9.0), (0, 0, 0.5)])

@@ -208,7 +208,8 @@ class ServiceMetrics:
 
     def observe(self, method, route, status, seconds):
         """Count one answered request (per-request path: a dict lookup, one counter increment, and the latency
-        counted in a plain list, folded into the histogram by the next reading)."""
+        counted in a plain list, folded into the histogram by the next reading; with ``interval`` 0 there is no
+        sampler, so the latency goes straight into the histogram)."""
         if method not in METHODS:
             method = "other"
         state = self._state
@@ -219,6 +220,9 @@ class ServiceMetrics:
         if pair is None:
             pair = state.bind(key)
         pair[0].inc()
+        if self.interval <= 0:  # no sampler folds pending latencies: another worker's scrape would miss them
+            state.instruments.latency.labels(method, route).observe(seconds)
+            return
         pending = pair[1]
         pending[0] += seconds
         pending[bisect_left(HTTP_BUCKETS, seconds) + 1] += 1  # the first bucket whose bound is >= seconds

@@ -101,13 +101,6 @@ class Service:
         self.metrics.observe(environ["REQUEST_METHOD"], route, status, perf_counter() - started)
         return [body]
 
-    def route_label(self, environ):
-        """The route template a request matched (``/hashes/{name}``, never the key), or ``unmatched``."""
-        path = environ.get("PATH_INFO") or "/"
-        if path.startswith(HASHES):
-            return HASH_ROUTE
-        return path if path in self.routes else UNMATCHED
-
     def respond(self, environ):
         """Route the request and run its handler under the REQUEST_TIMEOUT deadline; every failure becomes JSON.
 
