@@ -73,9 +73,17 @@ def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _decode_pairs(flat):
-    it = iter(flat)
-    return {_text(field): _text(value) for field, value in zip(it, it)}
+def _pairs(raw):
+    """The (field, value) pairs of a hash reply: a dict (RESP3, redis-py's HGETALL callback) or a flat list."""
+    return raw.items() if isinstance(raw, dict) else zip(*[iter(raw)] * 2)
+
+
+def _decode_hash(raw):
+    """A hash reply as a dict of str (its items bytes, or str when the connection decodes)."""
+    try:  # the common case: bytes holding valid UTF-8
+        return {field.decode(): value.decode() for field, value in _pairs(raw)}
+    except (AttributeError, UnicodeDecodeError):  # str replies, or invalid UTF-8: each decoded with "replace"
+        return {_text(field): _text(value) for field, value in _pairs(raw)}
 
 
 def get_hash(client, key):
@@ -87,13 +95,12 @@ def get_hash(client, key):
         raise
     if not raw:
         return None
-    return {_text(field): _text(value) for field, value in raw.items()}
+    return _decode_hash(raw)
 
 
 def get_hash_raw(conn, key):
     """``get_hash`` on a raw redis-py connection the caller borrowed (``pool.connection()``): HGETALL sent and
-    read directly. The reply is a dict (RESP3) or a flat field, value list (RESP2); bytes, or str when the
-    connection decodes."""
+    read directly."""
     conn.send_command("HGETALL", key)
     try:
         raw = conn.read_response()
@@ -102,18 +109,7 @@ def get_hash_raw(conn, key):
         raise
     if not raw:
         return None
-    try:  # the common case: bytes holding valid UTF-8
-        return {field.decode(): value.decode() for field, value in _pairs(raw)}
-    except (AttributeError, UnicodeDecodeError):  # str replies, or invalid UTF-8: each decoded with "replace"
-        return {_text(field): _text(value) for field, value in _pairs(raw)}
-
-
-def _pairs(raw):
-    """The (field, value) pairs of an HGETALL reply: a dict (RESP3) or a flat list (RESP2)."""
-    if isinstance(raw, dict):
-        return raw.items()
-    it = iter(raw)
-    return zip(it, it)
+    return _decode_hash(raw)
 
 
 def replace_hash(client, key, flat_args):
@@ -124,7 +120,7 @@ def replace_hash(client, key, flat_args):
 def merge_hash(client, key, flat_args):
     """Set the given fields, keep the others; returns ``(created, merged hash as a dict)``."""
     created, flat = _MERGE(client, key, flat_args)
-    return created == 1, _decode_pairs(flat)
+    return created == 1, _decode_hash(flat)
 
 
 def delete_hash(client, key):
