@@ -29,6 +29,7 @@ __all__ = ["ABORTED", "BROKEN", "CROSSED", "OK", "REFUSED", "TIMEOUT", "Dataset"
 DEFAULT_PREFIX = "greenpool:"  # the service's default KEY_PREFIX
 # Outcomes of one request besides an HTTP status other than 200 (an int; "503!" for a 503 without Retry-After).
 OK, CROSSED, BROKEN, REFUSED, ABORTED, TIMEOUT = "ok", "crossed", "broken", "refused", "aborted", "client_timeout"
+_GO, _PAUSE, _STOP = "go", "pause", "stop"  # what a client does after a request
 
 
 class Dataset:
@@ -193,18 +194,19 @@ class Load:
         try:
             while not self._stop and self.sent < self.max_requests and time.monotonic() <= self.deadline:
                 self.sent += 1
-                conn, pause = self._one(rng, conn)
-                if pause and self.error_pause:
-                    gevent.sleep(self.error_pause)
-                if pause is None:  # refused, and told to stop then
+                conn, step = self._one(rng, conn)
+                if step == _STOP:
                     break
+                if step == _PAUSE and self.error_pause:
+                    gevent.sleep(self.error_pause)
         finally:
             if conn is not None:
                 conn.close()
             self.last_client_end = max(self.last_client_end, time.monotonic())
 
-    def _one(self, rng: random.Random, conn: Conn | None) -> tuple[Conn | None, bool | None]:
-        """One request: returns the connection to go on with and whether to pause (None: stop this client)."""
+    def _one(self, rng: random.Random, conn: Conn | None) -> tuple[Conn | None, str]:
+        """One request: returns the connection to go on with and the next step (go on, pause after an error,
+        or stop this client)."""
         t0 = time.monotonic()
         k = rng.randrange(len(self.data.requests))
         raw = self.data.requests[k]
@@ -215,25 +217,25 @@ class Load:
             if self.abort_probability and rng.random() < self.abort_probability:
                 self._abort(rng, conn, raw)
                 self._note(ABORTED, t0, time.monotonic())
-                return None, False
+                return None, _GO
             status, header, body, closes = conn.roundtrip(raw)
         except socket.timeout:
             if conn is not None:
                 conn.close()
             self._note(TIMEOUT, t0, time.monotonic(), "no reply within the client timeout")
-            return None, True
+            return None, _PAUSE
         except (OSError, EOFError, HTTPProtocolError, ValueError) as exc:
             served = conn.served if conn is not None else 0
             if conn is not None:
                 conn.close()
             outcome = REFUSED if fresh and served == 0 else BROKEN
             self._note(outcome, t0, time.monotonic(), f"{self.data.names[k]}: {type(exc).__name__}: {exc}")
-            return None, (None if outcome == REFUSED and self.stop_on_refused else True)
+            return None, (_STOP if outcome == REFUSED and self.stop_on_refused else _PAUSE)
         self._judge(k, status, header, body, t0)
         if closes:
             conn.close()
             conn = None
-        return conn, status != 200
+        return conn, (_GO if status == 200 else _PAUSE)
 
     @staticmethod
     def _abort(rng: random.Random, conn: Conn, raw: bytes) -> None:
