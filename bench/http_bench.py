@@ -45,7 +45,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+from pool.server import RedisProcess, free_port
+from pool.testing import Gunicorn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -55,20 +57,6 @@ BASELINE_CONF = os.path.join(BENCH, "apps", "gunicorn_baseline.conf.py")
 SERVICE_CONF = os.path.join(ROOT, "gunicorn.conf.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-
-def _load_redis_server():
-    """``wsgi_app/redis_server.py`` on its own: importing the ``wsgi_app`` package would build the service app."""
-    import importlib.util
-    path = os.path.join(ROOT, "wsgi_app", "redis_server.py")
-    spec = importlib.util.spec_from_file_location("_greenpool_bench_redis_server", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_redis_server = _load_redis_server()
-RedisProcess, free_port = _redis_server.RedisProcess, _redis_server.free_port
-
 DEFAULT_KEY = "key"  # the service's DEFAULT_KEY default (wsgi_app/settings.py)
 KEY_PREFIX = "greenpool:"  # the service's KEY_PREFIX default
 FIELDS = {f"field:{i:02d}": (b"v%02d" % i) * 6 + b"xx" for i in range(10)}  # 10 fields, 20-byte values
@@ -77,13 +65,6 @@ assert all(len(v) == 20 for v in FIELDS.values())
 TARGET_RATIO_STOCK = 2.0
 TARGET_RATIO_HELLO = 0.8
 TARGET_WORKERS_RATIO = 1.6
-
-
-def port_not_6379():
-    port = free_port()
-    while port == 6379:
-        port = free_port()
-    return port
 
 
 # -- /proc ------------------------------------------------------------------------------------------------
@@ -97,17 +78,6 @@ def proc_cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5), counted after "(comm)"
 
 
-def children(pid):
-    found = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                found += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    return sorted(found)
-
-
 def machine_busy_ticks():
     """Busy CPU ticks of the whole machine (all cores) from /proc/stat: everything but idle and iowait."""
     with open("/proc/stat") as f:
@@ -117,94 +87,28 @@ def machine_busy_ticks():
 
 
 # -- servers ----------------------------------------------------------------------------------------------
-class Server:
-    """One gunicorn master with its workers, started in its own session so it can be stopped as a group."""
+class Server(Gunicorn):
+    """One target: a gunicorn master with its workers, named ``<kind>:<worker class>``, ready when ``/`` answers."""
 
-    def __init__(self, name, kind, worker_class, argv, env, port, workers=1, log_dir=None):
-        self.name, self.kind, self.worker_class = name, kind, worker_class
-        self.argv, self.env, self.port, self.workers = argv, env, port, workers
-        self.log_path = os.path.join(log_dir, f"{name.replace(':', '_')}.log")
-        self.process = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self):
-        log = open(self.log_path, "ab")
-        try:
-            self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        finally:
-            log.close()
-        return self
-
-    def wait_ready(self, path="/", timeout=30.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}:\n"
-                                   + tail(self.log_path))
-            try:
-                with urllib.request.urlopen(self.url + path, timeout=2) as reply:
-                    if reply.status == 200 and len(self.worker_pids()) >= self.workers:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} did not answer 200 on {path} within {timeout}s; see {self.log_path}")
-            time.sleep(0.1)
-
-    def worker_pids(self):
-        return children(self.process.pid) if self.process else []
+    def __init__(self, kind, worker_class, conf, app, env, workers, log_dir):
+        args = ["-k", worker_class, "-w", str(workers), *([app] if app else [])]
+        super().__init__(conf, log_dir, env, args, workers, cwd=ROOT, ready_path="/", name=f"{kind}:{worker_class}")
+        self.kind, self.worker_class = kind, worker_class
 
     def all_pids(self):
-        return ([self.process.pid] + self.worker_pids()) if self.process else []
-
-    def stop(self, timeout=15.0):
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)  # quick shutdown: the service's on_exit and worker_exit still run
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # this master's own session (start_new_session)
-            except OSError:
-                pass
-            process.wait()
-
-
-def tail(path, lines=20):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def gunicorn_bin():
-    here = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    return here if os.access(here, os.X_OK) else shutil.which("gunicorn") or "gunicorn"
+        return [self.pid, *sorted(self.worker_pids())] if self.process is not None else []
 
 
 def make_servers(args, redis_url, log_dir):
     """The targets: name -> Server. Names are ``<kind>:<class>`` (``svc``, ``stock``, ``hello``, ``svc50``,
     ``svc2w``)."""
-    base_env = {k: v for k, v in os.environ.items() if k not in ("PORT", "BIND", "WEB_CONCURRENCY")}
-    gunicorn = gunicorn_bin()
+    pythonpath = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))  # bench.apps.* importable
     servers = {}
 
     def add(kind, worker_class, conf, app, extra_env, workers=1):
-        port = port_not_6379()
-        env = dict(base_env, REDIS_URL=redis_url, WEB_CONCURRENCY=str(workers), BIND=f"127.0.0.1:{port}",
-                   PYTHONPATH=ROOT + os.pathsep + base_env.get("PYTHONPATH", ""), **extra_env)
-        argv = [gunicorn, "-c", conf, "-k", worker_class, "-w", str(workers), "-b", f"127.0.0.1:{port}"]
-        if app:
-            argv.append(app)
-        name = f"{kind}:{worker_class}"
-        servers[name] = Server(name, kind, worker_class, argv, env, port, workers, log_dir)
+        env = {"REDIS_URL": redis_url, "PYTHONPATH": pythonpath, **extra_env}
+        server = Server(kind, worker_class, conf, app, env, workers, log_dir)
+        servers[server.name] = server
 
     service_env = {"POOL_MAX_SIZE": str(args.pool_max_size)} if args.pool_max_size else {}
     sections = set(args.sections)
@@ -270,7 +174,7 @@ def run_wrk(args, url, conns, route, duration):
 def measure(args, server, redis_server, all_servers, conns, route, duration):
     """Run wrk once against ``server``; CPU per request of its workers, redis-server and wrk; foreign CPU."""
     ours_pids = [redis_server.pid] + [pid for s in all_servers for pid in s.all_pids()]
-    workers = server.worker_pids()
+    workers = sorted(server.worker_pids())
     load_before = os.getloadavg()
 
     def snapshot():
@@ -527,7 +431,7 @@ def profile(args, server, out_stem):
     if not os.access(pyspy, os.X_OK):
         print("py-spy not found (pip install py-spy): no profile")
         return None
-    worker = server.worker_pids()[0]
+    worker = min(server.worker_pids())
     raw, svg = out_stem + "-profile.txt", out_stem + "-profile.svg"
     load = subprocess.Popen(["wrk", f"-t{args.threads}", f"-c{args.profile_conns}", f"-d{2 * args.profile + 3}s",
                              server.url + "/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -670,7 +574,7 @@ def main(argv=None):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_stem = os.path.join(args.out, f"http-{stamp}")
     work = tempfile.mkdtemp(prefix="greenpool-http-bench-")
-    redis_port = port_not_6379()
+    redis_port = free_port()  # never 6379
     redis_server = RedisProcess(os.path.join(work, "redis"), port=redis_port)
     servers = {}
     started = time.monotonic()
@@ -680,9 +584,9 @@ def main(argv=None):
         env = environment(redis_version)
         servers = make_servers(args, redis_server.url, work)
         for s in servers.values():
-            s.start()
+            s.launch()  # they boot side by side
         for s in servers.values():
-            s.wait_ready("/")
+            s.wait_ready(30)
         print(f"greenpool HTTP benchmark: python {env['python']}, gevent {env['gevent']}, gunicorn {env['gunicorn']}, "
               f"redis-py {env['redis-py']}, hiredis {env['hiredis']}, redis-server {env['redis-server']}, "
               f"{env['wrk']}; {env['cpu_count']} CPUs ({env['cpu_model']})")
@@ -775,7 +679,7 @@ def main(argv=None):
     finally:
         for s in servers.values():
             try:
-                s.stop()
+                s.stop(15, signal.SIGINT)  # quick shutdown: the service's on_exit and worker_exit still run
             except Exception as exc:  # keep stopping the others
                 print(f"could not stop {s.name}: {exc!r}", file=sys.stderr)
         redis_server.stop()

@@ -42,20 +42,7 @@ from redis.connection import BlockingConnectionPool, Connection, ConnectionPool 
 
 from pool import PooledRedis, RedisPool  # noqa: E402
 from pool.connection import tracked_class  # noqa: E402
-
-
-def _load_redis_server():
-    """``wsgi_app/redis_server.py`` on its own: importing the ``wsgi_app`` package would build the service app."""
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wsgi_app", "redis_server.py")
-    spec = importlib.util.spec_from_file_location("_greenpool_bench_redis_server", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_redis_server = _load_redis_server()
-RedisProcess, free_port = _redis_server.RedisProcess, _redis_server.free_port
+from pool.server import RedisProcess, free_port  # noqa: E402
 
 KEY = "bench:hash"
 FIELDS = {f"field:{i:02d}": (b"v%02d" % i) * 6 + b"xx" for i in range(10)}  # 10 fields, 20-byte values
@@ -450,9 +437,7 @@ def main(argv=None):
         print(f"warning: --reps {args.reps} < 5; the spread is not meaningful", file=sys.stderr)
 
     data_dir = tempfile.mkdtemp(prefix="greenpool-bench-")
-    port = free_port()
-    while port == 6379:
-        port = free_port()
+    port = free_port()  # never 6379
     server = RedisProcess(data_dir, port=port)
     closers = []
     started = time.monotonic()

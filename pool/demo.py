@@ -14,7 +14,7 @@ meant for another greenlet is caught at once:
 Without ``--url`` a private redis-server is started on a free loopback port and stopped at the end.
 Everything is bounded: ``--requests`` in total, socket timeouts of 1 s, and ``--deadline`` seconds per way.
 """
-if __name__ == "__main__":  # patch before any socket is made (wsgi_app, imported below, patches the same way)
+if __name__ == "__main__":  # patch before any socket is made, as the service does
     import warnings
 
     from gevent import monkey
@@ -168,7 +168,7 @@ def main(argv=None):
     if args.url:
         results = run_demo(args.url, args.greenlets, args.requests, args.deadline)
     else:
-        from wsgi_app.redis_server import RedisProcess, free_port
+        from .server import RedisProcess, free_port
 
         with tempfile.TemporaryDirectory(prefix="greenpool-demo-") as data_dir:
             with RedisProcess(data_dir, port=free_port()) as server:

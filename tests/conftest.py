@@ -1,4 +1,6 @@
-"""Test fixtures: real redis-server processes on free loopback ports, never the machine's shared Redis.
+"""Test fixtures: real redis-server processes on free loopback ports (never the machine's shared Redis), real
+Sentinel and Cluster topologies, and real gunicorn masters running the service. The processes, proxies and
+load generators themselves live in ``pool.testing``; only the fixtures that start and stop them are here.
 
 The test process is monkey-patched first, as the service is: the pool's concurrency is only real when
 redis-py's sockets are gevent's.
@@ -8,11 +10,18 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
 
-from wsgi_app.redis_server import RedisProcess, free_port  # noqa: E402
+from pool.server import RedisProcess, free_port  # noqa: E402
+from pool.testing import ClusterTopology, Gunicorn, SentinelTopology  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICE_CONF = REPO / "gunicorn.conf.py"  # the service as it is deployed: ``gunicorn -c gunicorn.conf.py``
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 3000
 
 
 def pytest_addoption(parser):
@@ -26,6 +35,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def service_runner(log_dir, env=None, args=(), workers=1):
+    """The service under a real gunicorn (not started): ``gunicorn -c gunicorn.conf.py`` from the repository."""
+    return Gunicorn(SERVICE_CONF, log_dir, env, args, workers, cwd=REPO)
 
 
 @pytest.fixture
@@ -62,26 +76,40 @@ def admin(redis_server):
     client.close()
 
 
+@pytest.fixture
+def gunicorn_factory(tmp_path):
+    """``gunicorn_factory(env=..., args=..., workers=...)`` starts the service; all are stopped at teardown
+    (a master that does not stop within 30 s of SIGTERM is killed and fails the test)."""
+    started = []
+
+    def start(env=None, args=(), workers=1, ready_timeout=20.0):
+        runner = service_runner(tmp_path, env, args, workers)
+        started.append(runner)
+        return runner.start(ready_timeout)
+
+    yield start
+    errors = []
+    for runner in started:  # stop them all, then report
+        try:
+            runner.stop()
+        except TimeoutError as error:
+            errors.append(error)
+    if errors:
+        pytest.fail(str(errors[0]))
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A 3-master Redis Cluster on free loopback ports, shared by one test module."""
-    from topology import ClusterTopology
-
     topo = ClusterTopology(tmp_path_factory.mktemp("cluster"))
     topo.start()
     yield topo
     topo.stop()
 
 
-SENTINEL_DOWN_AFTER_MS = 1000
-SENTINEL_FAILOVER_TIMEOUT_MS = 3000
-
-
 @pytest.fixture
 def topology(tmp_path):
     """1 master, 1 replica and 3 sentinels that fail over about a second after the master dies."""
-    from topology import SentinelTopology
-
     topo = SentinelTopology(tmp_path / "sentinel", down_after_ms=SENTINEL_DOWN_AFTER_MS,
                             failover_timeout_ms=SENTINEL_FAILOVER_TIMEOUT_MS)
     topo.start()

@@ -13,10 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from faults import FaultProxy, SilentListener, kill_server
-from helpers import wait_until
 from pool import RedisPool, core
 from pool import stats as S
+from pool.testing import FaultProxy, SilentListener, kill_server, wait_until
 
 FAILURES = (RedisConnectionError, RedisTimeoutError)  # redis-py's TimeoutError is not a ConnectionError
 SLACK = 0.25  # tolerance added to a timing bound: scheduling on a busy CI machine, not the pool's slowness

@@ -1,5 +1,5 @@
 """Issue 4, service-level fault scenarios 6-9, 15, 18 and 22-25, and an HTTP fuzz run: the real service under
-``gunicorn -c gunicorn.conf.py`` (gevent worker), spoken to over HTTP, with Redis faults from ``faults.py``.
+``gunicorn -c gunicorn.conf.py`` (gevent worker), spoken to over HTTP, with Redis faults from ``pool.testing``.
 
 Every hash the tests read holds its own name (``{"name": name, ...}``), so a reply that reached the wrong request
 shows as a wrong body: each scenario counts such crossed replies and asserts zero. Each scenario also records one
@@ -9,8 +9,6 @@ table at the end of the module (``-s`` shows it). Lifecycle scenarios 16, 17, 19
 """
 import json
 import os
-import random
-import re
 import signal
 import socket
 import time
@@ -19,11 +17,23 @@ from urllib.parse import quote
 import gevent
 import pytest
 import redis
+from conftest import service_runner
 
-from faults import FaultProxy, restart_server
-from gunicorn_proc import Gunicorn, gunicorn_factory, process_alive, request, service_clients  # noqa: F401 (fixture)
-from helpers import wait_until
-from wsgi_app.redis_server import RedisProcess, free_port
+from pool.server import RedisProcess, free_port
+from pool.testing import (
+    FaultProxy,
+    FuzzGenerator,
+    acceptable,
+    http_request,
+    process_alive,
+    raw_exchange,
+    request,
+    response_statuses,
+    restart_server,
+    service_clients,
+    wait_until,
+)
+from pool.testing.fuzz import write_fixtures
 
 PREFIX = "greenpool:"
 TOKEN = "t0ken"
@@ -189,66 +199,6 @@ def burst(port, names, count, path="/hashes/{}", timeout=10.0):
     jobs = [gevent.spawn(one, i) for i in range(count)]
     gevent.joinall(jobs, timeout=timeout + 5, raise_error=True)
     return [job.value for job in jobs]
-
-
-# -- raw HTTP ------------------------------------------------------------------------------------------------
-def raw_exchange(port, data, timeout=5.0):
-    """Send ``data`` on a fresh connection, half-close it, and return all the server sent until it closed.
-    Raises ``socket.timeout`` if the server neither answers nor closes within ``timeout``."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:  # the server answered and closed before reading it all
-            pass
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, BrokenPipeError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
-
-
-def response_statuses(data):
-    """The status codes of the responses in ``data``, one after the other (bodies skipped by Content-Length)."""
-    statuses = []
-    while True:
-        match = _STATUS_LINE.match(data)
-        if not match:
-            return statuses
-        statuses.append(int(match.group(1)))
-        head, sep, rest = data.partition(b"\r\n\r\n")
-        if not sep:
-            return statuses
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            field, _, value = line.partition(b":")
-            if field.strip().lower() == b"content-length" and value.strip().isdigit():
-                length = int(value)
-        data = rest[length:]
-
-
-def acceptable(status, data):
-    """A 4xx; or 501, which RFC 9112 (6.1) says a server answers to a transfer coding it does not implement
-    (gunicorn does, before the app sees the request): the client's error, not a failure of the server."""
-    return 400 <= status < 500 or (status == 501 and b"transfer-encoding" in data.lower())
-
-
-def http_request(method, path, body=b"", headers=(), version=b"HTTP/1.1"):
-    """The bytes of one request; ``path`` and ``headers`` are sent exactly as given (bytes or latin-1 text)."""
-    def b(value):
-        return value if isinstance(value, bytes) else value.encode("latin-1")
-
-    lines = [b(method) + b" " + b(path) + b" " + version, b"Host: 127.0.0.1"]
-    lines += [b(name) + b": " + b(value) for name, value in headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 # -- 6: pool exhausted -----------------------------------------------------------------------------------------
@@ -632,7 +582,7 @@ def http_service(tmp_path_factory):
     server = RedisProcess(tmp / "redis", port=free_port()).start()
     admin = redis.Redis.from_url(server.url)
     seed(admin, 4)
-    service = Gunicorn(tmp, {"REDIS_URL": server.url, "API_TOKEN": TOKEN}).start()
+    service = service_runner(tmp, {"REDIS_URL": server.url, "API_TOKEN": TOKEN}).start()
     figures = Figures("24 invalid HTTP, bad chunked", allowed={400})
     try:
         yield service, admin, snapshot(admin), figures, service.worker_pids()
@@ -699,130 +649,19 @@ def test_redis_out_of_memory_put_is_refused(gunicorn_factory, redis_factory):
 
 
 # -- HTTP fuzz -----------------------------------------------------------------------------------------------------------
-class HostileRequests:
-    """A seeded generator of malformed or hostile HTTP requests (bytes). Writes carrying the right token always
-    have a body or key that is invalid by construction, so no request may change Redis."""
-
-    METHODS = [b"GET", b"HEAD", b"PUT", b"PATCH", b"DELETE", b"POST", b"OPTIONS", b"TRACE", b"CONNECT", b"PRI",
-               b"get", b"G\x00T", b"GET GET", b"\xffGET", b"X" * 64, b""]
-    PATHS = [b"/", b"/healthz", b"/readyz", b"/stats", b"/metrics", b"/hashes/h1", b"/hashes/", b"/hashes",
-             b"*", b"http://evil.example/hashes/h1", b"//hashes//h1", b"/../../etc/passwd", b"/hashes/%",
-             b"/hashes/%zz", b"/hashes/%00", b"/hashes/%FF", b"/hashes/h1?x=%00&y", b"/hashes/h1#frag", b"",
-             b"/hashes/\r\n", b"/hashes/\xc3\x28", b"/%2e%2e/%2e%2e/", b"/hashes/" + b"%41" * 2000]
-    VERSIONS = [b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1.1x", b"http/1.1", b"HTTP/01.1",
-                b"HTTP/1.", b"", b"HTTP/1.1 extra"]
-    BAD_KEYS = [b"%00", b"a%0D%0Ab", b"%FF", b"%C0%AF", b"%ED%A0%80", b"%7F", b"k" * 300, b""]
-    BAD_BODIES = [b"", b"{", b"[]", b"null", b"1e999", b'{"a":1}', b'{"a":null}', b'{"a":["x"]}', b"{}",
-                  b'{"":"x"}', b'{"a":"\xff"}', b"\xef\xbb\xbf{", b"[" * 5000, b'{"a":"' + b"x" * 70000 + b'"}',
-                  b'{"a":"1"', b'{"a":"1",}', b"NaN", b'{"a":"\\ud800"', b'"string"']
-
-    def __init__(self, seed):
-        self.rng = random.Random(seed)
-
-    def __iter__(self):
-        kinds = [self.garbage, self.request_line, self.headers, self.chunked, self.bad_body, self.bad_key,
-                 self.mutated, self.pipelined]
-        while True:
-            yield self.rng.choice(kinds)()
-
-    def pick(self, items):
-        return self.rng.choice(items)
-
-    def garbage(self):
-        return self.rng.randbytes(self.rng.randrange(0, 600))
-
-    def request_line(self):
-        sep = self.pick([b" ", b"  ", b"\t", b" \x00 "])
-        end = self.pick([b"\r\n", b"\n", b"\r", b"\r\r\n"])
-        return self.pick(self.METHODS) + sep + self.pick(self.PATHS) + sep + self.pick(self.VERSIONS) + end + \
-            b"Host: x" + end + end
-
-    def headers(self):
-        choices = [
-            [(b"X-%d" % i, b"1") for i in range(self.rng.randrange(90, 130))],
-            [(b"X-Long", b"a" * self.rng.randrange(8000, 12000))],
-            [(b"Bad Name", b"1")], [(b"X-A", b"a\x00b")], [(b"X-A", b"a\rb")], [(b":", b"")],
-            [(b"Content-Length", b"abc")], [(b"Content-Length", b"99999999999999999999999")],
-            [(b"Content-Length", b"3"), (b"Content-Length", b"4")], [(b"Content-Length", b"-1")],
-            [(b"Content-Length", b"4"), (b"Transfer-Encoding", b"chunked")], [(b"Transfer-Encoding", b"identity")],
-            [(b"Transfer-Encoding", b"chunked, gzip")], [(b"Expect", b"100-continue")], [(b"Expect", b"garbage")],
-            [(b"Authorization", b"Bearer " + self.rng.randbytes(20))], [(b"Content-Type", b"application/json\x00")],
-            [(b"Host", b""), (b"Host", b"a"), (b"Host", b"b")], [(b"Connection", b"close, upgrade"),
-                                                                 (b"Upgrade", b"h2c"), (b"HTTP2-Settings", b"%%%")],
-        ]
-        method = self.pick([b"GET", b"PUT", b"PATCH", b"DELETE"])
-        return http_request(method, self.pick(self.PATHS[:8]), b"{}", self.pick(choices))
-
-    def chunked(self):
-        body = b'{"name":"h1","v":"' + b"x" * self.rng.randrange(0, 50)  # a JSON object cut short: never valid
-        size = b"%x" % len(body)
-        chunks = self.pick([
-            size + b"\r\n" + body + b"\r\n0\r\n\r\n",
-            b"zz\r\n" + body + b"\r\n0\r\n\r\n",
-            b"%x\r\n" % (len(body) + 10) + body + b"\r\n0\r\n\r\n",
-            b"FFFFFFFFFFFFFFFFFFFFFFFFFFFF\r\n" + body,
-            size + b";ext=\x01\r\n" + body + b"\r\n0\r\n\r\n",
-            size + b"\r\n" + body + b"0\r\n\r\n",
-            size + b"\r\n" + body + b"\r\n0\r\nBad Trailer\r\n\r\n",
-            size + b"\n" + body + b"\n0\n\n",
-            b"-1\r\n" + body,
-            size + b"\r\n" + body[: len(body) // 2],
-        ])
-        headers = [(b"Authorization", AUTH["Authorization"].encode()), (b"Content-Type", b"application/json"),
-                   (b"Transfer-Encoding", self.pick([b"chunked", b"Chunked", b"chunked ", b"xchunked"]))]
-        return http_request(self.pick([b"PUT", b"PATCH"]), b"/hashes/h1", chunks, headers)
-
-    def bad_body(self):
-        body = self.pick(self.BAD_BODIES)
-        length = self.pick([len(body), len(body), max(0, len(body) - 1), len(body) + 5])
-        headers = [(b"Authorization", AUTH["Authorization"].encode()), (b"Content-Length", b"%d" % length),
-                   (b"Content-Type", self.pick([b"application/json", b"application/x+json", b"text/plain", b""]))]
-        return http_request(self.pick([b"PUT", b"PATCH"]), b"/hashes/h%d" % self.rng.randrange(4), body, headers)
-
-    def bad_key(self):
-        body = b'{"name":"x"}'
-        headers = [(b"Authorization", AUTH["Authorization"].encode()), (b"Content-Type", b"application/json"),
-                   (b"Content-Length", b"%d" % len(body))]
-        return http_request(self.pick([b"PUT", b"PATCH", b"DELETE"]), b"/hashes/" + self.pick(self.BAD_KEYS),
-                            body, headers)
-
-    def mutated(self):
-        """A valid request without the token, with random bytes flipped, inserted or removed."""
-        body = b'{"name":"h1"}'
-        data = bytearray(http_request(self.pick([b"GET", b"PUT", b"DELETE"]), b"/hashes/h1", body,
-                                      [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))]))
-        for _ in range(self.rng.randrange(1, 6)):
-            at = self.rng.randrange(len(data))
-            action = self.rng.randrange(3)
-            if action == 0:
-                data[at] = self.rng.randrange(256)
-            elif action == 1:
-                data[at:at] = self.rng.randbytes(self.rng.randrange(1, 8))
-            elif len(data) > 1:
-                del data[at]
-        return bytes(data)
-
-    def pipelined(self):
-        parts = [http_request(b"GET", b"/hashes/h2")]
-        for _ in range(self.rng.randrange(1, 4)):
-            parts.append(self.rng.choice([self.request_line, self.bad_key, self.bad_body, self.mutated])())
-        self.rng.shuffle(parts)
-        return b"".join(parts)
-
-
-def fuzz(port, count, seed, concurrency=32):
-    """Send ``count`` hostile requests from ``HostileRequests(seed)``; returns (status counts over all responses,
-    requests answered only acceptably, [(status, request)] of server errors, requests left unanswered)."""
-    generator = iter(HostileRequests(seed))
-    cases = [next(generator) for _ in range(count)]
+def fuzz(port, names, count, seed, concurrency=32):
+    """Send ``count`` hostile requests from ``FuzzGenerator(seed, TOKEN, names)``; returns (status counts over all
+    responses, requests answered only acceptably, [(status, request)] of server errors, requests left unanswered)."""
+    generator = FuzzGenerator(seed, TOKEN, names)
+    cases = [generator.next() for _ in range(count)]
     counts, server_errors, hangs = {}, [], []
     clean = 0
 
     def worker(mine):
         nonlocal clean
-        for data in mine:
+        for _, data, method in mine:
             try:
-                statuses = response_statuses(raw_exchange(port, data, timeout=10))
+                statuses = response_statuses(raw_exchange(port, data, timeout=10), method)
             except socket.timeout:
                 hangs.append(data[:120])
                 continue
@@ -840,13 +679,13 @@ def fuzz(port, count, seed, concurrency=32):
 
 def _run_fuzz(gunicorn_factory, redis_server, admin, count, scenario):
     expected = seed(admin, 4)
-    admin.set("greenpool:not-a-hash", "s")
+    write_fixtures(admin, PREFIX)  # the string and the list its type-confusion requests aim at
     service = gunicorn_factory(env={"REDIS_URL": redis_server.url, "API_TOKEN": TOKEN, "KEEPALIVE": 1}, workers=2)
     workers = service.wait_workers(2)
     before = snapshot(admin)
     seed_value = int(os.environ.get("FUZZ_SEED", "4"))
     started = time.monotonic()
-    counts, clean, server_errors, hangs = fuzz(service.port, count, seed_value)
+    counts, clean, server_errors, hangs = fuzz(service.port, sorted(expected), count, seed_value)
     took = time.monotonic() - started
     figures = Figures(scenario, allowed=set(range(400, 500)))
     figures.expected = clean

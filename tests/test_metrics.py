@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from gunicorn_proc import Load, gunicorn_factory, wait_until  # noqa: F401 (fixture)
 from pool import stats as S
+from pool.testing import Dataset, Load, wait_until
 from wsgi_app.metrics import HTTP_BUCKETS, WAIT_BUCKETS, ServiceMetrics, observe_waits
 from wsgi_app.service import create_app
 
@@ -68,7 +68,7 @@ def test_counters_gauges_and_labels_under_load(gunicorn_factory, redis_url, admi
     service = gunicorn_factory(env={"REDIS_URL": redis_url, "POOL_MAX_SIZE": 3, "METRICS_INTERVAL": 0.2},
                                args=["--access-logfile", "-"], workers=2)
     clients = 12
-    load = Load(service.port, expected, clients=clients, max_requests=3000, max_seconds=30).start()
+    load = Load(service.port, Dataset.of(expected), clients=clients, max_requests=3000, max_seconds=30).start()
     load.wait_ok(300)
     for _ in range(3):  # scrapes land on either worker: each one sees both
         before = load.ok + len(load.failed)
@@ -87,7 +87,7 @@ def test_counters_gauges_and_labels_under_load(gunicorn_factory, redis_url, admi
         return (total(samples, "greenpool_pool_wait_seconds_count") >= load.ok  # one checkout per request
                 and gauges["in_use"] == gauges["waiting"] == 0 and gauges["idle"] == gauges["size"] > 0)
 
-    wait_until(idle, 5, interval=0.1, message="pool gauges back to idle")
+    wait_until(idle, 5, interval=0.1, what="pool gauges back to idle")
     samples, text = scrape(service)
     assert http_ok(samples) == load.ok
     assert total(samples, "greenpool_http_request_duration_seconds_count", route="/hashes/{name}") == load.ok
@@ -117,14 +117,15 @@ def test_sigkilled_worker_leaves_no_live_gauges(gunicorn_factory, redis_url, tmp
     assert not (metrics_dir / "gauge_livesum_999999.db").exists()
     workers = service.wait_workers(2)
     wait_until(lambda: all((metrics_dir / f"gauge_livesum_{pid}.db").exists() for pid in workers), 5,
-               message="both workers' live gauges written")
-    wait_until(lambda: pool_gauges(scrape(service)[0])["max"] == 20, 5, message="2 workers' capacity")
+               interval=0.02, what="both workers' live gauges written")
+    wait_until(lambda: pool_gauges(scrape(service)[0])["max"] == 20, 5, interval=0.02, what="2 workers' capacity")
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
     service.wait_workers(2, exclude={victim})
     assert not (metrics_dir / f"gauge_livesum_{victim}.db").exists()
     assert (metrics_dir / f"counter_{victim}.db").exists(), "a dead worker's counters still count"
-    wait_until(lambda: pool_gauges(scrape(service)[0])["max"] == 20, 5, message="capacity of the live workers only")
+    wait_until(lambda: pool_gauges(scrape(service)[0])["max"] == 20, 5, interval=0.02,
+               what="capacity of the live workers only")
 
 
 def test_leaks_and_discards_in_error_log(gunicorn_factory, redis_url, admin):
@@ -139,14 +140,14 @@ def test_leaks_and_discards_in_error_log(gunicorn_factory, redis_url, admin):
     assert service.request("GET", f"/hashes/{SECRET}").status == 504
     held = re.compile(rf"\[{worker}\] \[WARNING\] pool 'web-{worker}': connection held for .*\nborrowed at:\n")
     discarded = re.compile(rf"\[{worker}\] \[WARNING\] pool 'web-{worker}': discarding a connection \(cancelled\)")
-    wait_until(lambda: held.search(service.log()) and discarded.search(service.log()), 5, message=service.log())
+    wait_until(lambda: held.search(service.log()) and discarded.search(service.log()), 5, interval=0.02, what=service.log())
 
     def counted():
         samples = scrape(service)[0]
         return (total(samples, "greenpool_pool_leaks_reported_total") == 1
                 and total(samples, "greenpool_pool_connections_closed_total", reason="cancelled") == 1)
 
-    wait_until(counted, 5, interval=0.1, message="leak and discard counted")
+    wait_until(counted, 5, interval=0.1, what="leak and discard counted")
     samples = scrape(service)[0]
     assert total(samples, "greenpool_http_requests_total", route="/hashes/{name}", status="504") == 1
 

@@ -12,9 +12,8 @@ from gevent.event import Event
 
 from pool import PoolClosed, PoolError, PoolTimeout, RedisPool, TooManyRequests, core
 from pool import stats as S
-from wsgi_app.redis_server import free_port
-
-from helpers import server_clients, wait_until
+from pool.server import free_port
+from pool.testing import server_clients, wait_until
 
 
 # -- helpers --------------------------------------------------------------------------------------------

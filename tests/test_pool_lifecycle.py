@@ -18,8 +18,7 @@ from redis.retry import Retry
 
 from pool import PoolClosed, PoolTimeout, RedisPool, TooManyRequests
 from pool import stats as S
-
-from helpers import server_clients, wait_until
+from pool.testing import server_clients, wait_until
 
 SLACK = 0.15  # scheduling tolerance for the timing windows (loaded CI machines)
 

@@ -4,13 +4,13 @@ import time
 import gevent
 import pytest
 import redis
+from conftest import SENTINEL_DOWN_AFTER_MS as DOWN_AFTER_MS
+from conftest import SENTINEL_FAILOVER_TIMEOUT_MS as FAILOVER_TIMEOUT_MS
 from redis.sentinel import Sentinel
 
 from pool.sentinel import SentinelRedisPool
+from pool.testing import wait_until
 from pool.urls import parse_redis_url
-from helpers import wait_until
-
-from conftest import SENTINEL_DOWN_AFTER_MS as DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS as FAILOVER_TIMEOUT_MS
 
 
 class Load:

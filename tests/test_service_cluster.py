@@ -10,7 +10,7 @@ from urllib.parse import quote
 import gevent
 import pytest
 
-from gunicorn_proc import gunicorn_factory, service_clients  # noqa: F401 (fixture)
+from pool.testing import service_clients
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -5,9 +5,10 @@ import os
 import signal
 
 import pytest
+from conftest import service_runner
 
-from gunicorn_proc import Gunicorn, gunicorn_factory, process_alive, wait_until  # noqa: F401
-from wsgi_app.redis_server import find_redis_server
+from pool.server import find_redis_server
+from pool.testing import process_alive, wait_until
 
 try:
     find_redis_server()
@@ -61,14 +62,14 @@ def test_dies_with_a_killed_master(gunicorn_factory, data_dir):
     workers = service.worker_pids()
     service.send(signal.SIGKILL)
     service.wait_exit(10)
-    wait_until(lambda: not process_alive(pid), 10, message="redis-server gone after the master was killed")
-    wait_until(lambda: not any(process_alive(w) for w in workers), 10, message="workers gone")
+    wait_until(lambda: not process_alive(pid), 10, interval=0.02, what="redis-server gone after the master was killed")
+    wait_until(lambda: not any(process_alive(w) for w in workers), 10, interval=0.02, what="workers gone")
 
 
 def test_second_instance_on_same_data_dir_refuses(gunicorn_factory, data_dir, tmp_path):
     """A second gunicorn on a data dir whose redis-server is live stops at start-up with a clear message."""
     first = start(gunicorn_factory, data_dir)
-    second = Gunicorn(tmp_path, {"REDIS_DATA_DIR": data_dir})
+    second = service_runner(tmp_path, {"REDIS_DATA_DIR": data_dir})
     with pytest.raises(RuntimeError, match="already serves"):
         second.start(timeout=20)
     assert first.request("GET", "/readyz").status == 200

@@ -8,8 +8,9 @@ import time
 
 import gevent
 import pytest
+from conftest import service_runner
 
-from gunicorn_proc import Gunicorn, Load, gunicorn_factory, request, service_clients, wait_until  # noqa: F401 (fixture)
+from pool.testing import Dataset, Load, request, service_clients, wait_until
 
 
 def seed(admin, count=40, prefix="greenpool:"):
@@ -94,7 +95,7 @@ def test_sigterm_under_load_fails_nothing_and_leaves_no_connections(gunicorn_fac
     """
     expected = seed(admin)
     service = gunicorn_factory(env={"REDIS_URL": redis_url, "POOL_MAX_SIZE": 4}, workers=2)
-    load = Load(service.port, expected, clients=16, max_requests=20000, max_seconds=30).start()
+    load = Load(service.port, Dataset.of(expected), clients=16, max_requests=20000, max_seconds=30).start()
     load.wait_ok(400)
     assert service_clients(admin), "the service holds connections under load"
     load.stopping = True
@@ -103,7 +104,7 @@ def test_sigterm_under_load_fails_nothing_and_leaves_no_connections(gunicorn_fac
     load.stop()
     assert load.failed == []
     assert load.ok >= 400
-    wait_until(lambda: not service_clients(admin), 5, message="no service connections on the server")
+    wait_until(lambda: not service_clients(admin), 5, interval=0.02, what="no service connections on the server")
     log = service.log()
     assert "closed its Redis pool" in log and "Traceback" not in log
 
@@ -131,7 +132,7 @@ def test_hup_under_load(gunicorn_factory, redis_url, admin):
     old = service.wait_workers(2)
     samples, stop = [], gevent.event.Event()
     sampler = gevent.spawn(_sample_connections, admin, service, samples, stop)
-    load = Load(service.port, expected, clients=16, max_seconds=40).start()
+    load = Load(service.port, Dataset.of(expected), clients=16, max_seconds=40).start()
     load.wait_ok(300)
     service.send(signal.SIGHUP)
     new = service.wait_workers(2, timeout=20, exclude=old)
@@ -161,8 +162,8 @@ def test_max_requests_restarts_under_load(gunicorn_factory, redis_url, admin):
     seen = set(first)
     samples, stop = [], gevent.event.Event()
     sampler = gevent.spawn(_sample_connections, admin, service, samples, stop, seen)
-    load = Load(service.port, expected, clients=12, max_requests=50000, max_seconds=40).start()
-    wait_until(lambda: len(seen) >= 6 or load.failed, 30, message="6 workers under max_requests")
+    load = Load(service.port, Dataset.of(expected), clients=12, max_requests=50000, max_seconds=40).start()
+    wait_until(lambda: len(seen) >= 6 or load.failed, 30, interval=0.02, what="6 workers under max_requests")
     load.stop()
     stop.set()
     sampler.get(timeout=5)
@@ -198,7 +199,7 @@ def test_quick_shutdown_does_not_hang_on_stuck_requests(gunicorn_factory, redis_
     redis_server.pause()
     try:
         stuck = [gevent.spawn(_request_or_error, service.port, "GET", "/hashes/k") for _ in range(3)]
-        wait_until(lambda: _busy(service) >= 3, 10, message="requests stuck on Redis")
+        wait_until(lambda: _busy(service) >= 3, 10, interval=0.02, what="requests stuck on Redis")
         started = time.monotonic()
         service.send(sig)
         assert service.wait_exit(15) == 0
@@ -216,7 +217,7 @@ def test_preload_four_workers_zero_crossed_replies(gunicorn_factory, redis_url, 
     expected = seed(admin, count=64)
     service = gunicorn_factory(env={"REDIS_URL": redis_url, "POOL_MAX_SIZE": 4}, workers=4, args=["--preload"])
     service.wait_workers(4)
-    load = Load(service.port, expected, clients=32, max_requests=4000, max_seconds=60).start()
+    load = Load(service.port, Dataset.of(expected), clients=32, max_requests=4000, max_seconds=60).start()
     load.wait_ok(4000, timeout=60)
     load.stop()
     assert load.failed == []
@@ -230,7 +231,7 @@ def test_invalid_setting_stops_startup(tmp_path, redis_url):
     """An invalid value stops gunicorn at start-up with a message naming the variable."""
     for env, needle in [({"POOL_MAX_SIZE": "lots"}, "POOL_MAX_SIZE must be an integer"),
                         ({"KEEPALIVE": "40", "GRACEFUL_TIMEOUT": "30"}, "KEEPALIVE must be <= 29")]:
-        service = Gunicorn(tmp_path, {"REDIS_URL": redis_url, **env})
+        service = service_runner(tmp_path, {"REDIS_URL": redis_url, **env})
         with pytest.raises(RuntimeError, match=needle):
             service.start(timeout=20)
         assert service.process.returncode != 0

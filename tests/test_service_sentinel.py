@@ -9,11 +9,12 @@ import time
 import gevent
 import pytest
 import redis
+from conftest import SENTINEL_DOWN_AFTER_MS as DOWN_AFTER_MS
+from conftest import SENTINEL_FAILOVER_TIMEOUT_MS as FAILOVER_TIMEOUT_MS
+from conftest import service_runner
 
-from gunicorn_proc import Gunicorn, gunicorn_factory, service_clients  # noqa: F401 (fixture)
-from helpers import wait_until
+from pool.testing import service_clients, wait_until
 
-from conftest import SENTINEL_DOWN_AFTER_MS as DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS as FAILOVER_TIMEOUT_MS
 REQUEST_TIMEOUT = 2.0
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -113,7 +114,7 @@ def test_redis_url_checked_at_startup_without_showing_passwords(tmp_path, gunico
     for url, needle in [("redis+sentinel://:hunter2-secret@127.0.0.1:26379", "REDIS_URL is invalid: a sentinel URL"),  # noqa
                         ("redis+cluster://:hunter2-secret@127.0.0.1:7000?max_sise=3", "REDIS_URL is invalid: unknown option"),
                         ("redis+cluster://:hunter2/secret@127.0.0.1:7000", "REDIS_URL is invalid: empty host")]:
-        service = Gunicorn(tmp_path, {"REDIS_URL": url})
+        service = service_runner(tmp_path, {"REDIS_URL": url})
         with pytest.raises(RuntimeError, match=needle) as failed:
             service.start(timeout=20)
         assert "hunter2" not in str(failed.value) and "secret" not in service.log()

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from .redis_server import RedisProcess
+from pool.server import RedisProcess
 from .settings import check_socket_path, embedded_socket_path
 
 __all__ = ["running", "start", "stop"]

