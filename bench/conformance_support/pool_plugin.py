@@ -148,6 +148,7 @@ def pytest_runtest_logfinish(nodeid, location):
         record["message"] = _message(report)
         if outcome in ("failed", "error"):
             record["traceback"] = "\n".join(report.longreprtext.splitlines()[-_TRACEBACK_LINES:])
+            record["where"] = _frames(report)
     path = os.environ.get("CONFORMANCE_RESULTS")
     if path:
         with open(path, "a") as f:
@@ -171,6 +172,19 @@ def _outcome(phases):
     if teardown is not None and teardown.failed:
         return "error", teardown
     return "passed", None
+
+
+def _frames(report):
+    """``path:line: function``-style locations of the frames the final exception went through, outermost first."""
+    longrepr = report.longrepr
+    chain = getattr(longrepr, "chain", None)
+    traceback = chain[-1][0] if chain else getattr(longrepr, "reprtraceback", None)
+    frames = []
+    for entry in getattr(traceback, "reprentries", []):
+        location = getattr(entry, "reprfileloc", None)
+        if location is not None:
+            frames.append(f"{location.path}:{location.lineno}: {location.message}")
+    return frames
 
 
 def _message(report):
