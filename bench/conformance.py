@@ -109,7 +109,8 @@ EXCLUDED_DIRS = {
     "test_parsers/": "parser units, no Redis",
 }
 # redis-py's own markers for tests that need servers this run does not start.
-MARKERS = "not onlycluster and not redismod and not ssl and not replica and not cp_integration and not multidb_integration"
+MARKERS = ("not onlycluster and not redismod and not ssl and not replica and not cp_integration"
+           " and not multidb_integration")
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 BAD = ("failed", "error")
 
@@ -126,7 +127,7 @@ def parse_args(argv=None):
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="exit 2 when a test passes on stock and fails on another arm")
     args = parser.parse_args(argv)
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    arms = list(dict.fromkeys(a.strip() for a in args.arms.split(",") if a.strip()))
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
         parser.error(f"--arms takes a comma-separated subset of {', '.join(ARMS)}; got {args.arms!r}")
@@ -360,6 +361,10 @@ def to_json(results, meta):
     return dict(meta, arms=arms)
 
 
+def _not_run(arm, status):
+    return {"arm": arm, "status": status, "seconds": 0.0, "returncode": None, "log": None, "records": {}}
+
+
 def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # unwinds run_arm: the pytest session is killed, redis-server stopped
 
@@ -371,7 +376,7 @@ def main(argv=None):
     version = redis_py_version()
     sdist = ensure_sdist(args.cache_dir, version)
     files = selected_files(sdist, args.files.split(",") if args.files else None)
-    binary = RedisProcess(tempfile.gettempdir(), port=1).binary
+    binary = RedisProcess(tempfile.gettempdir(), port=1).binary  # the binary run_arm's servers will use
     meta = {"redis_py": version, "redis_server": redis_server_version(binary), "files": files,
             "markers": MARKERS, "keyword": args.keyword}
     print(f"redis-py {version} suite ({len(files)} files) against redis-server {meta['redis_server']}, "
@@ -380,10 +385,9 @@ def main(argv=None):
     for arm in args.arms:
         time_left = args.total_timeout - (time.monotonic() - started)
         if arm == "multiplexed" and (reason := multiplex_unavailable_reason()) is not None:
-            results.append({"arm": arm, "status": reason, "seconds": 0.0, "returncode": None, "log": None, "records": {}})
+            results.append(_not_run(arm, reason))
         elif time_left <= 1:
-            results.append({"arm": arm, "status": "not run: --total-timeout reached", "seconds": 0.0,
-                            "returncode": None, "log": None, "records": {}})
+            results.append(_not_run(arm, "not run: --total-timeout reached"))
         else:
             results.append(run_arm(arm, sdist, files, args, time_left))
         done = results[-1]
