@@ -21,7 +21,7 @@ Every arm is bounded in time (``--arm-timeout``), and so is the whole run (``--t
 """
 from gevent import monkey
 
-monkey.patch_all()  # wsgi_app.redis_server's package patches on import anyway; say it here, first
+monkey.patch_all()  # before redis-py makes any socket
 
 import argparse  # noqa: E402
 import importlib.metadata  # noqa: E402
@@ -35,7 +35,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from bench.conformance_support.pool_plugin import multiplex_unavailable_reason  # noqa: E402
-from wsgi_app.redis_server import RedisProcess, free_port  # noqa: E402
+from pool.server import RedisProcess, free_port  # noqa: E402
 
 ARMS = ("stock", "redispool", "pooledredis", "multiplexed")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
