@@ -3,7 +3,8 @@ from . import stats
 from .client import PooledRedis
 from .core import Pool
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
-from .redis_pool import RedisPool, redact_url
+from .redis_pool import RedisPool
+from .urls import redact_url
 
 __all__ = [
     "Pool",

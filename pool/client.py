@@ -11,7 +11,7 @@ import redis
 __all__ = ["PooledRedis"]
 
 # HIMPORT SET needs per-connection preparation that redis-py does in _send_command_parse_response.
-_DELEGATED = frozenset(
+DELEGATED = frozenset(
     spelling
     for name in ("HIMPORT", "HIMPORT SET")
     for spelling in (name, name.lower(), name.encode(), name.lower().encode())
@@ -26,7 +26,7 @@ class PooledRedis(redis.Redis):
         conn = self.connection or pool.get_connection()
         try:
             command_name = args[0]
-            if command_name in _DELEGATED:
+            if command_name in DELEGATED:
                 return self._send_command_parse_response(conn, command_name, *args, **options)
             conn.send_command(*args, **options)
             return self.parse_response(conn, command_name, **options)

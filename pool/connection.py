@@ -128,11 +128,6 @@ class ReplyTracking:
             return "reset"
         return None
 
-    def has_input(self):
-        """True when the socket has bytes or EOF waiting: on an idle connection, both mean 'do not use'."""
-        poller = self._poller
-        return poller is None or bool(poller.poll(0))
-
     def retire(self):
         """Close for good: later use raises ConnectionError instead of opening a socket the pool cannot see."""
         self._retired = True

@@ -21,8 +21,10 @@ import gevent
 from gevent.event import AsyncResult, Event
 from gevent.queue import Empty, LifoQueue
 
+from . import forks
 from . import stats as S
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .options import check as check_option
 from .stats import REQUESTS_NUM
 
 logger = logging.getLogger("pool")
@@ -33,16 +35,6 @@ _NOTHING_TO_CHECK = float("inf")
 # Reconnect backoff after a failed open: full jitter on base * 2**failures, capped so recovery stays quick.
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 0.5
-
-_fork_generation = 0
-
-
-def _after_fork_in_child():
-    global _fork_generation
-    _fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _housekeep(pool_ref, wakeup, tick):
@@ -72,40 +64,26 @@ class Slot:
         self.leak_reported = False
 
 
-def _check_number(name, value, *, minimum=0, allow_none=False, integer=False):
-    if value is None and allow_none:
-        return
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum or value != value:
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {what} >= {minimum}{' or None' if allow_none else ''}, got {value!r}")
-
-
 class Pool:
     """A bounded pool; lend with ``getconn()`` and give back with ``putconn()`` or ``discard()``.
 
-    Options (keyword-only): ``max_size`` connections at most (default 10); ``min_size`` kept open and
-    refilled in the background (default 0); ``timeout`` seconds a checkout may wait (default 5.0);
-    ``max_waiting`` queued checkouts before ``TooManyRequests`` (0 = unlimited); ``max_lifetime`` seconds
-    before a connection is recycled, minus up to 10% jitter (default 3600, None = never); ``max_idle``
-    seconds a surplus idle connection is kept (default 600, None = forever); ``leak_threshold`` seconds a
-    borrow may last before a warning with its stack (default None = off); ``name`` for logs and stats.
+    Options (keyword-only; what each accepts is in ``pool.options``): ``max_size`` connections at most
+    (default 10); ``min_size`` kept open and refilled in the background (default 0); ``timeout`` seconds a
+    checkout may wait (default 5.0; None = forever, 0 = do not wait); ``max_waiting`` queued checkouts
+    before ``TooManyRequests`` (0 = unlimited); ``max_lifetime`` seconds before a connection is recycled,
+    minus up to 10% jitter (default 3600; 0 or None = never); ``max_idle`` seconds a surplus idle connection
+    is kept (default 600; 0 or None = forever); ``leak_threshold`` seconds a borrow may last before a
+    warning with its stack (default None; 0 or None = off); ``name`` for logs and stats.
     """
 
     def __init__(self, *, max_size=10, min_size=0, timeout=5.0, max_waiting=0, max_lifetime=3600.0,
                  max_idle=600.0, leak_threshold=None, name=None):
-        _check_number("max_size", max_size, minimum=1, integer=True)
-        _check_number("min_size", min_size, integer=True)
+        for option, value in (("max_size", max_size), ("min_size", min_size), ("timeout", timeout),
+                              ("max_waiting", max_waiting), ("max_lifetime", max_lifetime), ("max_idle", max_idle),
+                              ("leak_threshold", leak_threshold), ("name", name)):
+            check_option(option, value)
         if min_size > max_size:
             raise ValueError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
-        _check_number("timeout", timeout, allow_none=True)
-        _check_number("max_waiting", max_waiting, integer=True)
-        for option, value in (("max_lifetime", max_lifetime), ("max_idle", max_idle), ("leak_threshold", leak_threshold)):
-            _check_number(option, value, allow_none=True)
-            if value == 0:
-                raise ValueError(f"{option} must be > 0 or None, got 0")
-        if name is not None and not isinstance(name, str):
-            raise ValueError(f"name must be a string, got {name!r}")
         self.max_size = max_size
         self.min_size = min_size
         self.timeout = timeout
@@ -118,7 +96,7 @@ class Pool:
         self._reset_state()
 
     def _reset_state(self):
-        self._generation = _fork_generation
+        self._generation = forks.generation
         self._idle = LifoQueue()
         self._borrowed = {}
         self._waiters = deque()
@@ -161,7 +139,7 @@ class Pool:
         checkouts already wait, ``PoolClosed`` when the pool is closed, and the open error (or a
         ``PoolError`` while reconnects back off) when a new connection cannot be made.
         """
-        if self._generation != _fork_generation:
+        if self._generation != forks.generation:
             self._after_fork()
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
@@ -191,7 +169,7 @@ class Pool:
                 break
             self._discard_slot(slot, "lost")
         self._borrowed[slot.resource] = slot
-        if self.leak_threshold is not None:
+        if self.leak_threshold:  # 0 or None: off
             self._note_borrower(slot, now)
         return slot.resource
 
@@ -287,7 +265,7 @@ class Pool:
 
         Returning a resource twice, or one this pool does not own, does nothing.
         """
-        if self._generation != _fork_generation:
+        if self._generation != forks.generation:
             return self._after_fork()  # the resource belongs to the parent process
         slot = self._borrowed.pop(resource, None)
         if slot is None:
@@ -306,7 +284,7 @@ class Pool:
     def discard(self, resource, reason="error"):
         """Close a borrowed resource instead of returning it (its state is unknown) and free its place."""
         slot = self._borrowed.pop(resource, None)
-        if slot is not None and self._generation == _fork_generation:
+        if slot is not None and self._generation == forks.generation:
             self._discard_slot(slot, reason)
 
     def _give_back(self, slot, now=None):
@@ -353,12 +331,12 @@ class Pool:
         """One round of background work; False when this housekeeper should stop."""
         if self._closed or self._housekeeper is not gevent.getcurrent():
             return False
-        if self._generation != _fork_generation:
+        if self._generation != forks.generation:
             self._after_fork()  # a greenlet inherited across fork: reset; a new housekeeper starts on use
             return False
         self._recycle_idle()
         self._refill()
-        if self.leak_threshold is not None:
+        if self.leak_threshold:  # 0 or None: off
             self._report_leaks()
         return True
 
@@ -416,7 +394,7 @@ class Pool:
     # -- lifecycle ------------------------------------------------------------------------------------
     def wait(self, timeout=30.0):
         """Block until ``min_size`` connections are open; raise ``PoolTimeout`` after ``timeout`` seconds."""
-        if self._generation != _fork_generation:
+        if self._generation != forks.generation:
             self._after_fork()
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
@@ -433,7 +411,7 @@ class Pool:
         New checkouts and queued waiters get ``PoolClosed`` at once; idle connections close now;
         borrowed ones close when returned, or are closed under their holders after ``timeout`` seconds.
         """
-        if self._generation != _fork_generation:
+        if self._generation != forks.generation:
             self._after_fork()
         if self._closed:
             return

@@ -2,27 +2,23 @@
 import re
 import sys
 import threading
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import gevent
 from redis.backoff import NoBackoff
-from redis.connection import Connection, ConnectionPoolInterface, Encoder, parse_url
+from redis.connection import Connection, ConnectionPoolInterface, Encoder
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .client import PooledRedis
+from .client import DELEGATED, PooledRedis
 from .connection import tracked_class
-from .core import Pool, _check_number
+from .options import check as check_option
+from .core import Pool
 from .errors import PoolError
+from .urls import parse_redis_url
 
 __all__ = ["RedisPool"]
 
-# Pool options that may also come in a URL's query string, with their casts.
-_URL_OPTIONS = {
-    "max_size": int, "min_size": int, "timeout": float, "max_waiting": int, "health_check_interval": float,
-    "max_lifetime": float, "max_idle": float, "leak_threshold": float, "name": str,
-}
 _NOT_A_NAME_CHAR = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
@@ -30,38 +26,34 @@ class RedisPool(Pool, ConnectionPoolInterface):
     """A greenlet-safe pool of redis-py connections that ``redis.Redis(connection_pool=...)`` accepts.
 
     Pool options are the core ``Pool``'s plus ``health_check_interval`` (default 30 s: a connection idle
-    longer than this is PINGed at checkout; 0 = never). Every other keyword is a redis-py connection
+    longer than this is PINGed at checkout; 0 or None = never). Every other keyword is a redis-py connection
     argument (``host``, ``port``, ``db``, ``password``, ``socket_timeout``, ...). Connections carry the
     client name ``greenpool:<name>``. Commands are never retried: ``retry`` defaults to no retries.
     """
 
+    _URL_KIND, _URL_KINDS = "redis", "redis://, rediss:// or unix://"
+
     @classmethod
     def from_url(cls, url, **options):
-        """A pool for ``redis://``, ``rediss://`` or ``unix://`` URLs; keywords override the URL's query."""
-        parts = urlsplit(url)
-        query, pool_options = [], {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            cast = _URL_OPTIONS.get(key)
-            if cast is None:
-                query.append((key, value))  # a connection argument: redis-py parses it
-                continue
-            try:
-                pool_options[key] = cast(value)
-            except ValueError:
-                raise ValueError(f"{key} in the URL query must be {cast.__name__}, got {value!r}") from None
-        if pool_options:  # rebuilt by hand: urlunsplit would turn unix:///path into unix:/path
-            url = url.split("?", 1)[0] + ("?" + urlencode(query) if query else "")
-        kwargs = parse_url(url)
-        kwargs.update(pool_options)
-        kwargs.update(options)
-        return cls(**kwargs)
+        """A pool for a URL of the kind this class serves (``RedisPool``: redis://, rediss://, unix://;
+        ``SentinelRedisPool``: redis+sentinel://); keywords override the URL's query. See ``pool.urls``."""
+        target = parse_redis_url(url)
+        if target.kind != cls._URL_KIND:
+            raise ValueError(f"{cls.__name__}.from_url takes {cls._URL_KINDS} URLs, got {target.redacted_url!r}; "
+                             "pool.urls.parse_redis_url(url).make_pool() takes any")
+        return cls.from_target(target, **options)
+
+    @classmethod
+    def from_target(cls, target, **options):
+        """A pool for a parsed URL (``pool.urls.RedisTarget``); keywords override the URL's options."""
+        return cls(**{**target.connection_kwargs, **target.pool_options, **options})
 
     def __init__(self, connection_class=Connection, *, max_size=None, min_size=0, timeout=5.0, max_waiting=0,
                  health_check_interval=30.0, max_lifetime=3600.0, max_idle=600.0, leak_threshold=None,
                  name=None, max_connections=None, **connection_kwargs):
         if max_size is None:  # redis-py callers (RedisCluster) say max_connections
             max_size = 10 if max_connections is None else max_connections
-        _check_number("health_check_interval", health_check_interval)  # also refuses NaN
+        check_option("health_check_interval", health_check_interval)
         super().__init__(max_size=max_size, min_size=min_size, timeout=timeout, max_waiting=max_waiting,
                          max_lifetime=max_lifetime, max_idle=max_idle, leak_threshold=leak_threshold, name=name)
         self.health_check_interval = health_check_interval
@@ -103,7 +95,7 @@ class RedisPool(Pool, ConnectionPoolInterface):
         connection.forget()
 
     def _check(self, connection, idle_for):
-        poller = connection._poller  # inlined has_input(): this runs on every checkout
+        poller = connection._poller  # a zero-timeout poll of the socket, inlined: this runs on every checkout
         if poller is None or poller.poll(0):  # EOF (server closed it) or bytes nobody asked for
             return False
         if self.health_check_interval and idle_for >= self.health_check_interval:
@@ -141,14 +133,17 @@ class RedisPool(Pool, ConnectionPoolInterface):
         """
         return _PinnedClient(self, timeout)
 
-    def _pinned_redis(self, connection):
-        template = self._client_template
-        if template is None:
-            template = self._client_template = PooledRedis(connection_pool=self)
-        client = PooledRedis.__new__(PooledRedis)
-        client.__dict__.update(template.__dict__)
-        client.connection_pool = _PinnedPool(self, connection)
-        client.connection = connection
+    def _pinned_redis(self, block):
+        """A ``PooledRedis`` whose pool is ``block`` (the ``client()`` block holding the connection). The state
+        ``redis.Redis.__init__`` gives every client is made once per pool and kept as class attributes of a
+        subclass, so a borrow costs one small object, not a ``redis.Redis.__init__``."""
+        pinned_class = self._client_template
+        if pinned_class is None:
+            shared = dict(vars(PooledRedis(connection_pool=self)), connection_pool=None, connection=None)
+            pinned_class = self._client_template = type("PinnedRedis", (_PinnedRedis,), shared)
+        client = object.__new__(pinned_class)
+        client.connection_pool = block
+        client.connection = block.conn
         return client
 
     # -- redis-py's ConnectionPoolInterface -------------------------------------------------------------
@@ -223,16 +218,6 @@ def _describe_target(kwargs):
     return f"{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
-_USERINFO_PASSWORD = re.compile(r"^([\w+.-]+://[^:/?#@]*):.*@")  # greedy: a password may hold '/', '?' or '@'
-_QUERY_PASSWORD = re.compile(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*")
-
-
-def redact_url(url):
-    """The URL with its passwords (user info, ``password=`` and ``sentinel_password=`` in the query) replaced
-    by ``***``, for logs. Errs on the side of hiding too much when a password holds unescaped reserved characters."""
-    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
-
-
 class _Borrowed:
     """The context manager behind ``connection()``: decide on exit whether the connection may be reused."""
 
@@ -247,51 +232,70 @@ class _Borrowed:
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
+        return _Borrowed.exit(self.pool, self.conn, exc_type)
+
+    @staticmethod
+    def exit(pool, conn, exc_type):
+        """Give ``conn`` back to ``pool``, or close it, by how the block ended; False: never swallow the error."""
         if exc_type is None:
-            self.pool.putconn(self.conn)
+            pool.putconn(conn)
         elif not issubclass(exc_type, Exception):
-            self.pool.discard(self.conn, "cancelled")
+            pool.discard(conn, "cancelled")
         elif issubclass(exc_type, (RedisConnectionError, RedisTimeoutError, OSError)):
-            self.pool.discard(self.conn, "error")
+            pool.discard(conn, "error")
         else:  # an application or command error: reusable if the stream is at a reply boundary
-            self.pool.putconn(self.conn)
+            pool.putconn(conn)
         return False
 
 
+class _PinnedRedis(PooledRedis):
+    """The client of a ``with pool.client()`` block: it never owns its connection (the block does), so there
+    is nothing for ``redis.Redis.__del__`` to give back when it is collected."""
+
+    def execute_command(self, *args, **options):
+        conn = self.connection
+        if conn is None or options or args[0] in DELEGATED:  # cut loose (PoolError), or options to parse
+            return super().execute_command(*args, **options)
+        conn.send_command(*args)  # the common case of PooledRedis's path, without its give-back and options
+        response = conn.read_response()
+        callback = self.response_callbacks.get(args[0])
+        return response if callback is None else callback(response)
+
+    def __del__(self):
+        pass
+
+
 class _PinnedClient(_Borrowed):
+    """The context manager behind ``client()``, and what its ``redis.Redis`` sees as its pool: always the one
+    connection, given back by the block, never by the client."""
+
     __slots__ = ("client",)
 
     def __enter__(self):
-        self.client = self.pool._pinned_redis(super().__enter__())
-        return self.client
+        super().__enter__()
+        self.client = client = self.pool._pinned_redis(self)
+        return client
 
     def __exit__(self, exc_type, exc, tb):
         # A client (or a pipeline made from it) kept past the block must not reach a connection now lent to
         # someone else: cut it loose before the connection goes back.
-        self.client.connection_pool._connection = None
-        self.client.connection = None
-        return super().__exit__(exc_type, exc, tb)
+        client, self.client = self.client, None  # and no reference cycle left for the garbage collector
+        client.connection = None
+        conn, self.conn = self.conn, None
+        return _Borrowed.exit(self.pool, conn, exc_type)
 
-
-class _PinnedPool:
-    """What a pinned ``redis.Redis`` sees as its pool: always the one connection, never given back early."""
-
-    __slots__ = ("_pool", "_connection")
-
-    def __init__(self, pool, connection):
-        self._pool = pool
-        self._connection = connection
-
+    # -- what the pinned redis.Redis asks its pool ---------------------------------------------------------
     def get_connection(self, command_name=None, *keys, **options):
-        if self._connection is None:
+        connection = self.conn
+        if connection is None:
             raise PoolError("this client was pinned to a connection that its `with pool.client()` block gave back")
-        return self._connection
+        return connection
 
     def release(self, connection):
         """The block that borrowed the connection gives it back, not the client."""
 
     def owns_connection(self, connection):
-        return connection is self._connection
+        return connection is self.conn
 
     def __getattr__(self, name):
-        return getattr(self._pool, name)
+        return getattr(self.pool, name)

@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
+from .options import check as check_option
 from .core import Pool
 from .redis_pool import RedisPool
 
@@ -63,7 +64,7 @@ class SentinelRedisPool(RedisPool):
     ``sentinels`` is a list of ``(host, port)`` pairs, or a ready ``redis.sentinel.Sentinel``.
     ``sentinel_kwargs`` configure the connections to the sentinels (``password``, ``username``,
     ``socket_timeout``, ...; defaults: 0.5 s timeouts, at most 2 connections per sentinel).
-    ``master_check_interval`` (seconds, default 5.0, None = never) is how often a checkout asks the
+    ``master_check_interval`` (seconds, default 5.0; 0 or None = never) is how often a checkout asks the
     sentinels in the background whether the master moved. Every other argument is ``RedisPool``'s (pool
     options, and connection arguments for the master such as ``db``, ``password``, ``ssl=True``).
 
@@ -72,6 +73,7 @@ class SentinelRedisPool(RedisPool):
     ``PoolError``; they never wait for the failover to finish. Commands are never retried.
     """
 
+    _URL_KIND, _URL_KINDS = "sentinel", "redis+sentinel:// or rediss+sentinel://"
     is_master = True  # what SentinelManagedConnection asks its pool
     check_connection = False
 
@@ -79,9 +81,8 @@ class SentinelRedisPool(RedisPool):
                  master_check_interval=5.0, connection_class=None, **options):
         if not isinstance(service_name, str) or not service_name:
             raise ValueError(f"service_name must be a non-empty string, got {service_name!r}")
-        if master_check_interval is not None and (isinstance(master_check_interval, bool) or not isinstance(
-                master_check_interval, (int, float)) or master_check_interval <= 0):
-            raise ValueError(f"master_check_interval must be a number > 0 or None, got {master_check_interval!r}")
+        check_option("master_check_interval", master_check_interval)
+        check_option("min_other_sentinels", min_other_sentinels)
         if connection_class is None:
             connection_class = MasterSSLConnection if options.pop("ssl", False) else MasterConnection
         if not issubclass(connection_class, SentinelManagedConnection):
@@ -96,6 +97,14 @@ class SentinelRedisPool(RedisPool):
             self.sentinel = sentinels
         else:
             self.sentinel = self._make_sentinel(sentinels, sentinel_kwargs or {}, min_other_sentinels)
+
+    @classmethod
+    def from_target(cls, target, **options):
+        """A pool for a parsed ``redis+sentinel://`` URL (``pool.urls.RedisTarget``); keywords override it."""
+        kwargs = {**target.connection_kwargs, **target.pool_options, **options}
+        kwargs.setdefault("master_check_interval", target.master_check_interval)
+        kwargs.setdefault("min_other_sentinels", target.min_other_sentinels)
+        return cls(target.addresses, target.service_name, sentinel_kwargs=dict(target.sentinel_kwargs), **kwargs)
 
     def _make_sentinel(self, addresses, sentinel_kwargs, min_other_sentinels):
         addresses = [(str(host), int(port)) for host, port in addresses]
@@ -162,7 +171,7 @@ class SentinelRedisPool(RedisPool):
     def _check_in_background(self):
         """Start a background sentinel query if the last one is older than ``master_check_interval``."""
         interval = self.master_check_interval
-        if interval is None or time.monotonic() - self._master_checked < interval:
+        if not interval or time.monotonic() - self._master_checked < interval:
             return
         if self._refresher is None and self._discovery is None:
             self._master_checked = time.monotonic()

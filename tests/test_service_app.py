@@ -214,7 +214,7 @@ def test_pool_exhausted_503_and_request_timeout_504(make_app, redis_server, admi
 
 def test_settings_errors_name_the_variable():
     """An invalid setting raises SettingsError naming the variable."""
-    cases = {"POOL_MAX_SIZE": "ten", "POOL_MIN_SIZE": "-1", "POOL_TIMEOUT": "nan", "REQUEST_TIMEOUT": "0",
+    cases = {"POOL_MAX_SIZE": "ten", "POOL_MIN_SIZE": "-1", "POOL_TIMEOUT": "nan", "REQUEST_TIMEOUT": "-1",
              "MAX_BODY_BYTES": "1k", "REDIS_URL": "http://example.org", "MAX_FIELDS": "0"}
     for name, value in cases.items():
         with pytest.raises(SettingsError, match=name):

@@ -39,7 +39,7 @@ def test_cluster_url():
     ("http://x", "unsupported scheme"),
     ("redis+sentinel://h1", "service_name"),
     ("redis+sentinel://h1/m/x", "db"),
-    ("redis+sentinel://h1:0/m", "port out of range"),
+    ("redis+sentinel://h1:0/m", "port must be an integer from 1 to 65535"),
     ("redis+sentinel://h1/m?max_size=many", "max_size"),
     ("redis+cluster://h1?bogus=1", "unknown option 'bogus'"),
     ("redis+cluster://:pw@,h2", "empty host"),

@@ -24,6 +24,7 @@ import gevent
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import choose_encoder
 
+from pool import forks
 from pool import stats as S
 
 __all__ = ["ServiceMetrics", "mark_process_dead", "prepare_dir"]
@@ -36,8 +37,6 @@ WAIT_BUCKETS = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "POST", "OPTIONS"})  # any other: "other"
 UNMATCHED = "unmatched"  # the route label of a path no route serves (404)
 
-_fork_generation = [0]  # bumped in a forked child: its metrics state is rebuilt (cheaper than os.getpid() per request)
-os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
 
 # Pool gauges: livesum = the fleet total over live workers (a dead worker's value leaves with it).
 _GAUGES = (
@@ -127,10 +126,9 @@ class _ProcessMetrics:
         """
         self.fold_latencies()
         pool = self.pool_source()
-        get_stats = getattr(pool, "get_stats", None)
-        if get_stats is None:
+        if pool is None:  # no pool in this process yet: nothing to read
             return
-        stats = get_stats()
+        stats = pool.get_stats()
         last = self.last if pool is self.last_pool else {}
         self.last_pool, self.last = pool, stats
 
@@ -198,12 +196,12 @@ class ServiceMetrics:
 
     def _get(self):
         state = self._state
-        if state is not None and self._generation == _fork_generation[0]:
+        if state is not None and self._generation == forks.generation:
             return state
         if self.multiproc_dir and not values.ValueClass._multiprocess:
             raise RuntimeError("PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported: set it before "
                                "importing wsgi_app (gunicorn.conf.py does), or metrics would not be shared")
-        self._state, self._generation = _ProcessMetrics(self.multiproc_dir, self.pool_source), _fork_generation[0]
+        self._state, self._generation = _ProcessMetrics(self.multiproc_dir, self.pool_source), forks.generation
         return self._state
 
     def observe(self, method, route, status, seconds):
@@ -213,7 +211,7 @@ class ServiceMetrics:
         if method not in METHODS:
             method = "other"
         state = self._state
-        if state is None or self._generation != _fork_generation[0]:
+        if state is None or self._generation != forks.generation:
             state = self._get()
         key = (method, route, status)
         pair = state.bound.get(key)

@@ -66,7 +66,7 @@ class Service:
         self.limits = Limits(settings)
         self.prefix = settings.key_prefix
         self.default_key = settings.default_key
-        self.request_timeout = settings.request_timeout
+        self.request_timeout = settings.request_timeout or None  # REQUEST_TIMEOUT=0: no deadline
         self.pool_timeout = settings.pool_timeout
         self.max_body = settings.max_body_bytes
         self.unavailable_headers = [("Retry-After", str(settings.retry_after))]
@@ -203,7 +203,7 @@ class Service:
         return self.healthz_response
 
     def readyz(self, environ, name):
-        with self.pool.get().client(timeout=self.pool_timeout) as client:
+        with self.pool.get().client(self.pool_timeout) as client:
             client.ping()
         return json_response(200, {"status": "ready"})
 
@@ -215,16 +215,9 @@ class Service:
         return 200, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
 
     def read_hash(self, key):
-        """HGETALL ``key``: on a single server or Sentinel pool straight on a borrowed raw connection (no
-        ``redis.Redis`` layers; the pool still discards it on cancellation or a connection error), on a
-        cluster through the cluster client."""
-        pool = self.pool.get()
-        connection = getattr(pool, "connection", None)
-        if connection is None:  # ClusterPool: the cluster client routes the key to its node
-            with pool.client() as client:
-                return store.get_hash(client, key)
-        with connection() as conn:
-            return store.get_hash_raw(conn, key)
+        """HGETALL ``key`` through the pool's client (a pinned connection, or the cluster client routing the key)."""
+        with self.pool.get().client(self.pool_timeout) as client:
+            return store.get_hash(client, key)
 
     def get_default(self, environ, name):
         return json_response(200, self.read_hash(self.default_key) or {})
@@ -240,7 +233,7 @@ class Service:
         self.check_token(environ)
         key = self.key(name)
         mapping = self.read_json_object(environ)
-        with self.pool.get().client() as client:
+        with self.pool.get().client(self.pool_timeout) as client:
             created = store.replace_hash(client, key, flatten_hash(mapping))
         return json_response(201 if created else 200, mapping)
 
@@ -248,14 +241,14 @@ class Service:
         self.check_token(environ)
         key = self.key(name)
         mapping = self.read_json_object(environ)
-        with self.pool.get().client() as client:
+        with self.pool.get().client(self.pool_timeout) as client:
             created, merged = store.merge_hash(client, key, flatten_hash(mapping))
         return json_response(201 if created else 200, merged)
 
     def delete_hash(self, environ, name):
         self.check_token(environ)
         key = self.key(name)
-        with self.pool.get().client() as client:
+        with self.pool.get().client(self.pool_timeout) as client:
             deleted = store.delete_hash(client, key)
         if not deleted:
             raise HTTPError(404, "not_found", f"no hash named {name!r}")
