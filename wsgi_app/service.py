@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 from time import perf_counter
 
 from gevent import Timeout
@@ -22,7 +23,7 @@ from .settings import load
 from .validation import Limits, flatten_hash, parse_hash_body, parse_key
 from .worker_pool import WorkerPool
 
-__all__ = ["Service", "app", "create_app"]
+__all__ = ["Service", "create_app", "get_app"]
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +257,26 @@ class Service:
 
 
 def create_app(environ=None):
-    """A ``Service`` configured from ``environ`` (default: ``os.environ``); raises ``SettingsError`` when invalid."""
+    """A new ``Service`` configured from ``environ`` (default: ``os.environ``); raises ``SettingsError`` when invalid."""
     settings = load(environ)
     return Service(settings, WorkerPool(settings))
 
 
-app = create_app()
+_app = None
+_app_lock = threading.Lock()  # gevent's lock once the package has patched threading
+
+
+def get_app():
+    """The process's ``Service`` (what ``wsgi_app.app`` is): built from ``os.environ`` on the first call, then
+    the same object. A forked child keeps it (``--preload``): its pool and metrics rebuild themselves there."""
+    app = _app
+    if app is None:
+        with _app_lock:
+            app = _app or _build_app()
+    return app
+
+
+def _build_app():
+    global _app
+    _app = create_app()
+    return _app
