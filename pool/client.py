@@ -6,6 +6,8 @@ of that does anything for us (the pool never retries, checks connections itself 
 state is unknown), so ``PooledRedis`` sends, reads and gives the connection back. Everything else
 (commands, response callbacks, pipelines, pub/sub, scripts) is redis-py's own.
 """
+from typing import Any
+
 import redis
 
 __all__ = ["PooledRedis"]
@@ -21,7 +23,7 @@ DELEGATED = frozenset(
 class PooledRedis(redis.Redis):
     """A ``redis.Redis`` whose commands go straight to a pooled connection: send, read, give back."""
 
-    def execute_command(self, *args, **options):
+    def execute_command(self, *args: Any, **options: Any) -> Any:
         pool = self.connection_pool
         conn = self.connection or pool.get_connection()
         try:

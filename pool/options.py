@@ -9,11 +9,12 @@ request of its own and None already says "wait forever". ``max_size`` has no "of
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Union
 
 __all__ = ["OPTIONS", "Option", "check", "from_text"]
 
-Value = Union[int, float, str, bool, None]
+Value = Union[int, float, str, bool, None]  # noqa: UP007 -- a runtime alias: X | Y needs Python 3.10 types
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -46,7 +47,7 @@ class Option:
         if self.kind is bool:
             return False
         kinds = (int,) if self.kind is int else (int, float)
-        return isinstance(value, kinds) and value == value and value >= self.minimum  # value != value: NaN
+        return isinstance(value, kinds) and not math.isnan(value) and value >= self.minimum
 
     def parse(self, text: str) -> Value:
         """The value of a URL query string's ``text``; ValueError when it does not parse."""

@@ -97,7 +97,7 @@ class RedisTarget:
         """
         if self.kind != "cluster":
             import redis
-            return redis.Redis(connection_pool=self.make_pool(**options))
+            return redis.Redis(connection_pool=self.make_pool(**options))  # type: ignore[arg-type]  # a pool interface
         from .cluster import cluster_client
         kwargs = {**self.connection_kwargs, **self.pool_options, **options}
         pool_options = {name: kwargs.pop(name) for name in list(kwargs) if name in POOL_OPTIONS and name != "timeout"}

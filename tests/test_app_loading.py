@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +26,7 @@ def clean_env(**extra):
 
 def run_python(code, **env):
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=clean_env(**env), capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
 
 
 def test_importing_reads_no_setting_and_using_app_does():

@@ -12,8 +12,7 @@ from time import perf_counter
 
 from gevent import Timeout
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import store
@@ -195,7 +194,7 @@ class Service:
     def _read_input(environ, size):
         try:
             return environ["wsgi.input"].read(size)
-        except Exception as exc:  # the server refused the body's framing (a bad chunk): the client's error, not ours
+        except Exception as exc:  # noqa: BLE001 -- the server refused the body's framing (a bad chunk): the client's error
             raise HTTPError(400, "invalid_body", f"the body could not be read: {str(exc)[:200]}") from None
 
     # -- handlers ------------------------------------------------------------------------------------------------

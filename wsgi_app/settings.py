@@ -4,6 +4,7 @@
 bad deployment stops at start-up instead of failing on the first request. ``gunicorn.conf.py`` reads its own
 server settings through ``env_int`` / ``env_float`` so their errors look the same.
 """
+import math
 import os
 from dataclasses import dataclass
 
@@ -68,7 +69,7 @@ def env_float(name, default, *, minimum=None, maximum=None, environ=None):
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise SettingsError(f"{name} must be a finite number, got {raw!r}")
     return _check_range(name, value, minimum, maximum)
 
