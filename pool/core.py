@@ -66,11 +66,10 @@ def _housekeep(pool_ref: Callable[[], Pool[Any] | None], wakeup: Event, tick: fl
 class Slot(Generic[Resource]):
     """One open resource and what the pool knows about it."""
 
-    __slots__ = ("borrowed_at", "borrowed_from", "created", "expires", "holder", "idle_since", "leak_reported", "resource")
+    __slots__ = ("borrowed_at", "borrowed_from", "expires", "holder", "idle_since", "leak_reported", "resource")
 
-    def __init__(self, resource: Resource, created: float, expires: float) -> None:
+    def __init__(self, resource: Resource, expires: float) -> None:
         self.resource = resource
-        self.created = created
         self.expires = expires
         self.idle_since: float | None = None  # None until first returned: a fresh connection needs no check
         self.borrowed_at = 0.0
@@ -261,7 +260,7 @@ class Pool(Generic[Resource]):
         self._counters[S.CONNECTIONS_MS] += (now - started) * 1000.0
         lifetime = self.max_lifetime
         expires = now + lifetime * random.uniform(0.9, 1.0) if lifetime else _NOTHING_TO_CHECK
-        return Slot(resource, now, expires)
+        return Slot(resource, expires)
 
     def _note_connect_failure(self, error: Exception) -> None:
         self._counters[S.CONNECTIONS_ERRORS] += 1
