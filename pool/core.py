@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 Resource = TypeVar("Resource")
 
+__all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "Pool", "Resource", "Slot"]
+
 logger = logging.getLogger("pool")
 
 class _Permit(enum.Enum):

@@ -151,20 +151,16 @@ class RedisPool(Pool[ReplyTracking], ConnectionPoolInterface):
         """
         return _PinnedClient(self, timeout)
 
-    def _pinned_redis(self, block: _PinnedClient) -> _PinnedRedis:
-        """A ``PooledRedis`` whose pool is ``block`` (the ``client()`` block holding the connection). The state
-        ``redis.Redis.__init__`` gives every client is made once per pool and kept as class attributes of a
-        subclass, so a borrow costs one small object, not a ``redis.Redis.__init__``."""
+    def _pinned_class(self) -> type[_PinnedRedis]:
+        """The class of this pool's pinned clients: the state ``redis.Redis.__init__`` gives every client, made
+        once and kept as class attributes, so a borrow costs one small object, not a ``redis.Redis.__init__``."""
         pinned_class = self._client_template
         if pinned_class is None:
             # redis-py annotates connection_pool as ConnectionPool; any ConnectionPoolInterface works
             shared = dict(vars(PooledRedis(connection_pool=self)), connection_pool=None,  # type: ignore[arg-type]
                           connection=None)
             pinned_class = self._client_template = type("PinnedRedis", (_PinnedRedis,), shared)
-        client = object.__new__(pinned_class)
-        client.connection_pool = block  # type: ignore[assignment]  # see above
-        client.connection = block.conn
-        return client
+        return pinned_class
 
     # -- redis-py's ConnectionPoolInterface -------------------------------------------------------------
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> ReplyTracking:
@@ -294,9 +290,12 @@ class _PinnedClient(_Borrowed):
     __slots__ = ("client",)
 
     def __enter__(self) -> _PinnedRedis:  # type: ignore[override]  # the client, not the connection
-        super().__enter__()
+        pool = self.pool
+        self.conn = conn = pool.getconn(self.timeout)
         self.client: _PinnedRedis | None
-        self.client = client = self.pool._pinned_redis(self)
+        self.client = client = object.__new__(pool._client_template or pool._pinned_class())
+        client.connection_pool = self  # type: ignore[assignment]  # redis-py's annotation says ConnectionPool
+        client.connection = conn
         return client
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 Address = tuple[str, int]
 
-__all__ = ["MasterConnection", "SentinelRedisPool"]
+__all__ = ["MasterConnection", "MasterSSLConnection", "SentinelRedisPool"]
 
 logger = logging.getLogger("pool")
 

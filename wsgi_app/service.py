@@ -203,7 +203,7 @@ class Service:
         return self.healthz_response
 
     def readyz(self, environ, name):
-        with self.pool.get().client(self.pool_timeout) as client:
+        with self.pool.get().client(timeout=self.pool_timeout) as client:
             client.ping()
         return json_response(200, {"status": "ready"})
 
@@ -215,8 +215,9 @@ class Service:
         return 200, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
 
     def read_hash(self, key):
-        """HGETALL ``key`` through the pool's client (a pinned connection, or the cluster client routing the key)."""
-        with self.pool.get().client(self.pool_timeout) as client:
+        """HGETALL ``key`` through the pool's client (a pinned connection, or the cluster client routing the key);
+        checkouts wait up to the pool's timeout, POOL_TIMEOUT."""
+        with self.pool.get().client() as client:
             return store.get_hash(client, key)
 
     def get_default(self, environ, name):
@@ -233,7 +234,7 @@ class Service:
         self.check_token(environ)
         key = self.key(name)
         mapping = self.read_json_object(environ)
-        with self.pool.get().client(self.pool_timeout) as client:
+        with self.pool.get().client() as client:
             created = store.replace_hash(client, key, flatten_hash(mapping))
         return json_response(201 if created else 200, mapping)
 
@@ -241,14 +242,14 @@ class Service:
         self.check_token(environ)
         key = self.key(name)
         mapping = self.read_json_object(environ)
-        with self.pool.get().client(self.pool_timeout) as client:
+        with self.pool.get().client() as client:
             created, merged = store.merge_hash(client, key, flatten_hash(mapping))
         return json_response(201 if created else 200, merged)
 
     def delete_hash(self, environ, name):
         self.check_token(environ)
         key = self.key(name)
-        with self.pool.get().client(self.pool_timeout) as client:
+        with self.pool.get().client() as client:
             deleted = store.delete_hash(client, key)
         if not deleted:
             raise HTTPError(404, "not_found", f"no hash named {name!r}")
