@@ -6,22 +6,32 @@ connection comes back, so it never depends on redis-py's own checkout probe, whi
 when maintenance notifications are on. A connection that owes a reply is exactly the one that would hand
 one request another request's answer.
 """
+from __future__ import annotations
+
 import select
 import socket
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
 
 from gevent.monkey import get_original
-from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-__all__ = ["tracked_class"]
+__all__ = ["ReplyTracking", "tracked_class"]
+
+if TYPE_CHECKING:  # to the type checker the mixin is the redis-py connection it is always mixed into
+    _ConnectionBase = Connection
+else:
+    _ConnectionBase = object
 
 _poll = get_original("select", "poll")  # the real poll: a zero-timeout check must not yield to the hub
 
 _TRANSACTION, _COMMIT, _WATCH, _UNWATCH, _TAINT, _CLIENT = range(6)
 # CLIENT subcommands that change what the connection replies or who it is; CLIENT LIST and friends do not.
 _CLIENT_TAINTS = {"REPLY", "TRACKING", "SETNAME", "SETINFO", "NO-EVICT", "NO-TOUCH", "CACHING"}
-_EFFECTS = {}
+_EFFECTS: dict[str | bytes, int] = {}
 for _names, _effect in (
     (("MULTI",), _TRANSACTION),
     (("EXEC", "DISCARD"), _COMMIT),
@@ -37,7 +47,7 @@ for _names, _effect in (
             _EFFECTS[_spelling] = _effect
 
 
-class ReplyTracking:
+class ReplyTracking(_ConnectionBase):
     """Mixin for a redis-py connection class: reply accounting, session state and a readability poll."""
 
     _owed = 0  # replies sent for and not yet read; anything but 0 means the stream is not at a boundary
@@ -45,10 +55,10 @@ class ReplyTracking:
     _watching = False
     _tainted = False  # session state we do not track precisely (db, subscriptions, protocol, ...)
     _batch = 0  # commands in the last pack_commands(), sent by the next send_packed_command()
-    _poller = None
+    _poller: Any = None  # a select.poll() on the socket while connected
     _retired = False  # closed by the pool for good: a holder that kept it must not quietly reconnect
 
-    def _note(self, args):
+    def _note(self, args: Sequence[Any]) -> None:
         effect = _EFFECTS[args[0]]
         if effect == _CLIENT:
             sub = args[1] if len(args) > 1 else ""
@@ -65,27 +75,28 @@ class ReplyTracking:
         else:
             self._tainted = True
 
-    def send_command(self, *args, **kwargs):
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
         if args[0] in _EFFECTS:
             self._note(args)
         self._owed += 1
         super().send_packed_command(self._command_packer.pack(*args), check_health=kwargs.get("check_health", True))
 
-    def pack_commands(self, commands):
+    def pack_commands(self, commands: Iterable[Sequence[Any]]) -> list[bytes]:
         commands = list(commands)
         for args in commands:
             if args[0] in _EFFECTS:
                 self._note(args)
         self._batch += len(commands)
-        return super().pack_commands(commands)
+        packed: list[bytes] = super().pack_commands(commands)
+        return packed
 
-    def send_packed_command(self, command, check_health=True):
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         # Called directly by pipelines after pack_commands(); anything packed by hand counts as one.
         self._owed += self._batch or 1
         self._batch = 0
         super().send_packed_command(command, check_health=check_health)
 
-    def read_response(self, *args, **kwargs):
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             response = super().read_response(*args, **kwargs)
         except ResponseError:
@@ -94,33 +105,34 @@ class ReplyTracking:
         self._owed -= 1
         return response
 
-    def _connect(self):
+    def _connect(self) -> socket.socket:
         try:
-            return super()._connect()
+            sock: socket.socket = super()._connect()
+            return sock
         except BaseException as error:  # redis-py closes its half-made socket only on OSError
             if not isinstance(error, Exception):  # a gevent.Timeout or kill() mid-connect: close it now
                 _close_sockets_in(error.__traceback__)
             raise
 
-    def connect_check_health(self, *args, **kwargs):
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
         if self._retired:
             raise RedisConnectionError("this connection was closed by its pool (closed, or discarded); borrow another")
         super().connect_check_health(*args, **kwargs)
         self._clear_session()  # commands sent while connecting (AUTH, SELECT, CLIENT SETNAME) are the baseline
         self._poller = _poll()
-        self._poller.register(self._sock.fileno(), select.POLLIN)
+        self._poller.register(cast(socket.socket, self._sock).fileno(), select.POLLIN)
 
-    def disconnect(self, *args, **kwargs):
+    def disconnect(self, *args: Any) -> None:
         self._poller = None
-        super().disconnect(*args, **kwargs)
+        super().disconnect(*args)
         self._clear_session()
 
-    def _clear_session(self):
+    def _clear_session(self) -> None:
         self._owed = self._batch = 0
         self._in_transaction = self._watching = self._tainted = False
 
     # -- what the pool asks -------------------------------------------------------------------------
-    def return_problem(self):
+    def return_problem(self) -> str | None:
         """None when the connection can be lent again as it is, else 'error' (closed) or 'reset'."""
         if self._sock is None:
             return "error"
@@ -128,24 +140,19 @@ class ReplyTracking:
             return "reset"
         return None
 
-    def has_input(self):
-        """True when the socket has bytes or EOF waiting: on an idle connection, both mean 'do not use'."""
-        poller = self._poller
-        return poller is None or bool(poller.poll(0))
-
-    def retire(self):
+    def retire(self) -> None:
         """Close for good: later use raises ConnectionError instead of opening a socket the pool cannot see."""
         self._retired = True
         self.disconnect()
 
-    def forget(self):
+    def forget(self) -> None:
         """Close our copy of a socket inherited across fork, without shutting down the parent's."""
         sock, self._sock, self._poller = self._sock, None, None
         if sock is not None:
             sock.close()
 
 
-def _close_sockets_in(tb):
+def _close_sockets_in(tb: TracebackType | None) -> None:
     """Close the sockets held in locals named ``sock`` by the frames an exception unwound from."""
     while tb is not None:
         sock = tb.tb_frame.f_locals.get("sock")
@@ -154,10 +161,10 @@ def _close_sockets_in(tb):
         tb = tb.tb_next
 
 
-_classes = {}
+_classes: dict[type[AbstractConnection], type[ReplyTracking]] = {}
 
 
-def tracked_class(connection_class):
+def tracked_class(connection_class: type[AbstractConnection]) -> type[ReplyTracking]:
     """The tracked subclass of a redis-py connection class (cached)."""
     if issubclass(connection_class, ReplyTracking):
         return connection_class
@@ -167,7 +174,3 @@ def tracked_class(connection_class):
         _classes[connection_class] = tracked
     return tracked
 
-
-TrackedConnection = tracked_class(Connection)
-TrackedUnixConnection = tracked_class(UnixDomainSocketConnection)
-TrackedSSLConnection = tracked_class(SSLConnection)

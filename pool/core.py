@@ -9,6 +9,10 @@ from; when a slot frees up instead, the oldest waiter receives a permit to open 
 Decisions are taken in short sections with no gevent switch; I/O (open, close, check) happens outside them.
 Subclasses supply the resource hooks: ``_open``, ``_close_resource``, ``_check`` and ``_return_problem``.
 """
+from __future__ import annotations
+
+import contextlib
+import enum
 import logging
 import os
 import random
@@ -16,36 +20,41 @@ import time
 import traceback
 import weakref
 from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import gevent
 from gevent.event import AsyncResult, Event
 from gevent.queue import Empty, LifoQueue
 
+from . import forks
 from . import stats as S
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .options import check as check_option
 from .stats import REQUESTS_NUM
+
+if TYPE_CHECKING:
+    import traceback as _tb
+
+Resource = TypeVar("Resource")
+
+__all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "Pool", "Resource", "Slot"]
 
 logger = logging.getLogger("pool")
 
-_PERMIT = object()  # handed to a waiter instead of a slot: "a place is free, open a resource yourself"
+class _Permit(enum.Enum):
+    PERMIT = "permit"  # handed to a waiter instead of a slot: "a place is free, open a resource yourself"
+
+
+_PERMIT = _Permit.PERMIT
 _NOTHING_TO_CHECK = float("inf")
 
 # Reconnect backoff after a failed open: full jitter on base * 2**failures, capped so recovery stays quick.
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 0.5
 
-_fork_generation = 0
 
-
-def _after_fork_in_child():
-    global _fork_generation
-    _fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _housekeep(pool_ref, wakeup, tick):
+def _housekeep(pool_ref: Callable[[], Pool[Any] | None], wakeup: Event, tick: float) -> None:
     """The housekeeper greenlet; it holds the pool only weakly, so a forgotten pool can be collected."""
     while True:
         pool = pool_ref()
@@ -56,56 +65,42 @@ def _housekeep(pool_ref, wakeup, tick):
         wakeup.wait(tick)
 
 
-class Slot:
+class Slot(Generic[Resource]):
     """One open resource and what the pool knows about it."""
 
-    __slots__ = ("resource", "created", "expires", "idle_since", "borrowed_at", "borrowed_from", "holder", "leak_reported")
+    __slots__ = ("borrowed_at", "borrowed_from", "expires", "holder", "idle_since", "leak_reported", "resource")
 
-    def __init__(self, resource, created, expires):
+    def __init__(self, resource: Resource, expires: float) -> None:
         self.resource = resource
-        self.created = created
         self.expires = expires
-        self.idle_since = None  # None until first returned: a fresh connection needs no checkout check
+        self.idle_since: float | None = None  # None until first returned: a fresh connection needs no check
         self.borrowed_at = 0.0
-        self.borrowed_from = None
-        self.holder = None
+        self.borrowed_from: list[_tb.FrameSummary] | None = None
+        self.holder: Any = None  # the greenlet that borrowed it (gevent ships no types)
         self.leak_reported = False
 
 
-def _check_number(name, value, *, minimum=0, allow_none=False, integer=False):
-    if value is None and allow_none:
-        return
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum or value != value:
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {what} >= {minimum}{' or None' if allow_none else ''}, got {value!r}")
-
-
-class Pool:
+class Pool(Generic[Resource]):
     """A bounded pool; lend with ``getconn()`` and give back with ``putconn()`` or ``discard()``.
 
-    Options (keyword-only): ``max_size`` connections at most (default 10); ``min_size`` kept open and
-    refilled in the background (default 0); ``timeout`` seconds a checkout may wait (default 5.0);
-    ``max_waiting`` queued checkouts before ``TooManyRequests`` (0 = unlimited); ``max_lifetime`` seconds
-    before a connection is recycled, minus up to 10% jitter (default 3600, None = never); ``max_idle``
-    seconds a surplus idle connection is kept (default 600, None = forever); ``leak_threshold`` seconds a
-    borrow may last before a warning with its stack (default None = off); ``name`` for logs and stats.
+    Options (keyword-only; what each accepts is in ``pool.options``): ``max_size`` connections at most
+    (default 10); ``min_size`` kept open and refilled in the background (default 0); ``timeout`` seconds a
+    checkout may wait (default 5.0; None = forever, 0 = do not wait); ``max_waiting`` queued checkouts
+    before ``TooManyRequests`` (0 = unlimited); ``max_lifetime`` seconds before a connection is recycled,
+    minus up to 10% jitter (default 3600; 0 or None = never); ``max_idle`` seconds a surplus idle connection
+    is kept (default 600; 0 or None = forever); ``leak_threshold`` seconds a borrow may last before a
+    warning with its stack (default None; 0 or None = off); ``name`` for logs and stats.
     """
 
-    def __init__(self, *, max_size=10, min_size=0, timeout=5.0, max_waiting=0, max_lifetime=3600.0,
-                 max_idle=600.0, leak_threshold=None, name=None):
-        _check_number("max_size", max_size, minimum=1, integer=True)
-        _check_number("min_size", min_size, integer=True)
+    def __init__(self, *, max_size: int = 10, min_size: int = 0, timeout: float | None = 5.0, max_waiting: int = 0,
+                 max_lifetime: float | None = 3600.0, max_idle: float | None = 600.0,
+                 leak_threshold: float | None = None, name: str | None = None) -> None:
+        for option, value in (("max_size", max_size), ("min_size", min_size), ("timeout", timeout),
+                              ("max_waiting", max_waiting), ("max_lifetime", max_lifetime), ("max_idle", max_idle),
+                              ("leak_threshold", leak_threshold), ("name", name)):
+            check_option(option, value)
         if min_size > max_size:
             raise ValueError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
-        _check_number("timeout", timeout, allow_none=True)
-        _check_number("max_waiting", max_waiting, integer=True)
-        for option, value in (("max_lifetime", max_lifetime), ("max_idle", max_idle), ("leak_threshold", leak_threshold)):
-            _check_number(option, value, allow_none=True)
-            if value == 0:
-                raise ValueError(f"{option} must be > 0 or None, got 0")
-        if name is not None and not isinstance(name, str):
-            raise ValueError(f"name must be a string, got {name!r}")
         self.max_size = max_size
         self.min_size = min_size
         self.timeout = timeout
@@ -117,43 +112,43 @@ class Pool:
         self._closed = False
         self._reset_state()
 
-    def _reset_state(self):
-        self._generation = _fork_generation
-        self._idle = LifoQueue()
-        self._borrowed = {}
-        self._waiters = deque()
+    def _reset_state(self) -> None:
+        self._generation = forks.generation
+        self._idle: Any = LifoQueue()  # of Slot[Resource]
+        self._borrowed: dict[Resource, Slot[Resource]] = {}
+        self._waiters: deque[Any] = deque()  # AsyncResult of Slot[Resource], _PERMIT or PoolClosed
         self._size = 0
-        self._counters = dict.fromkeys(S.COUNTERS, 0)
+        self._counters: dict[str, float] = dict.fromkeys(S.COUNTERS, 0)
         self._connect_failures = 0
         self._retry_at = 0.0
-        self._last_connect_error = None
-        self._housekeeper = None
+        self._last_connect_error: str | None = None
+        self._housekeeper: Any = None
         self._wakeup = Event()  # nudges the housekeeper: a slot was freed or min_size must be met
         self._filled = Event()  # min_size connections are open
         self._drained = Event()  # closed and nothing left open
 
     # -- resource hooks, supplied by subclasses ----------------------------------------------------
-    def _open(self):
+    def _open(self) -> Resource:
         """Open and return a new resource (may block the greenlet; may raise)."""
         raise NotImplementedError
 
-    def _close_resource(self, resource):
+    def _close_resource(self, resource: Resource) -> None:
         """Close a resource; called at most once per resource."""
 
-    def _forget_resource(self, resource):
+    def _forget_resource(self, resource: Resource) -> None:
         """Drop a resource inherited from the parent process without disturbing the parent's use of it."""
         self._close_resource(resource)
 
-    def _check(self, resource, idle_for):
+    def _check(self, resource: Resource, idle_for: float) -> bool:
         """At checkout: True if an idle resource is still fit to lend."""
         return True
 
-    def _return_problem(self, resource):
+    def _return_problem(self, resource: Resource) -> str | None:
         """At return: None if the resource is clean, else why it must be discarded ('error' or 'reset')."""
         return None
 
     # -- checkout -------------------------------------------------------------------------------------
-    def getconn(self, timeout=None):
+    def getconn(self, timeout: float | None = None) -> Resource:
         """Borrow a resource; give it back with ``putconn()`` (or ``discard()`` if its state is unknown).
 
         Waits up to ``timeout`` seconds (default: the pool's ``timeout``; None waits forever) in arrival
@@ -161,7 +156,7 @@ class Pool:
         checkouts already wait, ``PoolClosed`` when the pool is closed, and the open error (or a
         ``PoolError`` while reconnects back off) when a new connection cannot be made.
         """
-        if self._generation != _fork_generation:
+        if self._generation != forks.generation:
             self._after_fork()
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
@@ -191,15 +186,16 @@ class Pool:
                 break
             self._discard_slot(slot, "lost")
         self._borrowed[slot.resource] = slot
-        if self.leak_threshold is not None:
+        if self.leak_threshold:  # 0 or None: off
             self._note_borrower(slot, now)
         return slot.resource
 
-    def _take(self, timeout, deadline):
+    def _take(self, timeout: float | None, deadline: float | None) -> Slot[Resource]:
         """Critical section: an idle slot, a new one, or a place in the queue, in that order."""
         if not self._waiters:  # with waiters queued, a newcomer goes behind them
             try:
-                return self._idle.get_nowait()
+                slot: Slot[Resource] = self._idle.get_nowait()
+                return slot
             except Empty:
                 pass
             if self._size < self.max_size:
@@ -210,7 +206,7 @@ class Pool:
         handed = self._wait(timeout)
         return self._open_slot() if handed is _PERMIT else handed
 
-    def _wait(self, timeout):
+    def _wait(self, timeout: float | None) -> Slot[Resource] | _Permit:
         if self.max_waiting and len(self._waiters) >= self.max_waiting:
             self._counters[S.REQUESTS_REJECTED] += 1
             raise TooManyRequests(f"pool {self.name!r}: {len(self._waiters)} requests already waiting ({self._counts()})")
@@ -230,9 +226,10 @@ class Pool:
             self._abandon(waiter)
             self._counters[S.REQUESTS_TIMEOUTS] += 1
             raise PoolTimeout(f"pool {self.name!r}: no connection within {timeout:.3f}s ({self._counts()})")
-        return waiter.get()  # a slot, a permit, or PoolClosed raised
+        handed: Slot[Resource] | _Permit = waiter.get()  # a slot, a permit, or PoolClosed raised
+        return handed
 
-    def _abandon(self, waiter):
+    def _abandon(self, waiter: Any) -> None:
         """A waiter gives up. Whatever it was handed in the meantime goes to the next one in line."""
         if not waiter.ready():
             self._waiters.remove(waiter)
@@ -243,7 +240,7 @@ class Pool:
             else:
                 self._give_back(handed)
 
-    def _open_slot(self):
+    def _open_slot(self) -> Slot[Resource]:
         """Open a resource in a place already counted in ``_size``; on failure the place is released."""
         started = time.monotonic()
         try:
@@ -265,9 +262,9 @@ class Pool:
         self._counters[S.CONNECTIONS_MS] += (now - started) * 1000.0
         lifetime = self.max_lifetime
         expires = now + lifetime * random.uniform(0.9, 1.0) if lifetime else _NOTHING_TO_CHECK
-        return Slot(resource, now, expires)
+        return Slot(resource, expires)
 
-    def _note_connect_failure(self, error):
+    def _note_connect_failure(self, error: Exception) -> None:
         self._counters[S.CONNECTIONS_ERRORS] += 1
         self._connect_failures += 1
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self._connect_failures - 1, 16)) * random.uniform(0.5, 1.0)
@@ -275,19 +272,19 @@ class Pool:
         self._last_connect_error = f"{type(error).__name__}: {error}"
         logger.warning("pool %r: connect failed (%s); next attempt in %.3fs", self.name, self._last_connect_error, delay)
 
-    def _note_borrower(self, slot, now):
+    def _note_borrower(self, slot: Slot[Resource], now: float) -> None:
         slot.borrowed_at = now
         slot.borrowed_from = traceback.extract_stack(limit=12)[:-3]
         slot.holder = gevent.getcurrent()
         slot.leak_reported = False
 
     # -- return -------------------------------------------------------------------------------------
-    def putconn(self, resource):
+    def putconn(self, resource: Resource) -> None:
         """Give a borrowed resource back. A resource in an unclean state is closed instead of reused.
 
         Returning a resource twice, or one this pool does not own, does nothing.
         """
-        if self._generation != _fork_generation:
+        if self._generation != forks.generation:
             return self._after_fork()  # the resource belongs to the parent process
         slot = self._borrowed.pop(resource, None)
         if slot is None:
@@ -303,13 +300,13 @@ class Pool:
         else:
             self._give_back(slot, now)
 
-    def discard(self, resource, reason="error"):
+    def discard(self, resource: Resource, reason: str = "error") -> None:
         """Close a borrowed resource instead of returning it (its state is unknown) and free its place."""
         slot = self._borrowed.pop(resource, None)
-        if slot is not None and self._generation == _fork_generation:
+        if slot is not None and self._generation == forks.generation:
             self._discard_slot(slot, reason)
 
-    def _give_back(self, slot, now=None):
+    def _give_back(self, slot: Slot[Resource], now: float | None = None) -> None:
         """Critical section: hand a clean slot to the oldest waiter, or make it idle."""
         slot.idle_since = time.monotonic() if now is None else now
         if self._waiters:
@@ -317,7 +314,7 @@ class Pool:
         else:
             self._idle.put_nowait(slot)
 
-    def _discard_slot(self, slot, reason):
+    def _discard_slot(self, slot: Slot[Resource], reason: str | None) -> None:
         if reason is not None:
             self._counters[S.DISCARD_REASONS[reason]] += 1
             log = logger.warning if reason in ("cancelled", "reset") else logger.info
@@ -329,7 +326,7 @@ class Pool:
         finally:
             self._release_place()
 
-    def _release_place(self):
+    def _release_place(self) -> None:
         """A place in ``_size`` is free: hand it to the oldest waiter as a permit, or shrink."""
         if self._waiters and not self._closed:
             self._waiters.popleft().set(_PERMIT)
@@ -342,34 +339,34 @@ class Pool:
             self._wakeup.set()
 
     # -- background work ------------------------------------------------------------------------------
-    def _start_housekeeper(self):
+    def _start_housekeeper(self) -> None:
         self._housekeeper = gevent.spawn(_housekeep, weakref.ref(self), self._wakeup, self._tick())
 
-    def _tick(self):
+    def _tick(self) -> float:
         periods = [p for p in (self.max_idle, self.max_lifetime, self.leak_threshold) if p]
         return min(5.0, max(0.01, min(periods) / 4)) if periods else 5.0
 
-    def _housekeeping_round(self):
+    def _housekeeping_round(self) -> bool:
         """One round of background work; False when this housekeeper should stop."""
         if self._closed or self._housekeeper is not gevent.getcurrent():
             return False
-        if self._generation != _fork_generation:
+        if self._generation != forks.generation:
             self._after_fork()  # a greenlet inherited across fork: reset; a new housekeeper starts on use
             return False
         self._recycle_idle()
         self._refill()
-        if self.leak_threshold is not None:
+        if self.leak_threshold:  # 0 or None: off
             self._report_leaks()
         return True
 
-    def _refill(self):
+    def _refill(self) -> None:
         """Open connections until ``min_size`` are open, backing off while the server refuses."""
         while not self._closed and self._size < self.min_size and time.monotonic() >= self._retry_at:
             self._size += 1
             try:
                 slot = self._open_slot()
-            except Exception:
-                break  # logged by _note_connect_failure; retried after the backoff
+            except Exception:  # noqa: BLE001 -- any failed open: logged by _note_connect_failure, retried later
+                break
             if self._closed:
                 self._discard_slot(slot, None)
                 return
@@ -379,7 +376,7 @@ class Pool:
         elif self._retry_at:
             gevent.spawn_later(max(0.0, self._retry_at - time.monotonic()), self._wakeup.set)
 
-    def _recycle_idle(self):
+    def _recycle_idle(self) -> None:
         """Close idle slots past their lifetime, and surplus ones idle longer than ``max_idle``."""
         now = time.monotonic()
         keep = []
@@ -397,10 +394,10 @@ class Pool:
                 self._idle.put_nowait(slot)
         # put_nowait appended LRU first, so the most recently used is again on top
 
-    def _report_leaks(self):
-        now = time.monotonic()
+    def _report_leaks(self) -> None:
+        now, threshold = time.monotonic(), self.leak_threshold or 0.0
         for slot in list(self._borrowed.values()):
-            if slot.leak_reported or now - slot.borrowed_at < self.leak_threshold:
+            if slot.leak_reported or now - slot.borrowed_at < threshold:
                 continue
             slot.leak_reported = True
             self._counters[S.LEAKS_REPORTED] += 1
@@ -410,13 +407,13 @@ class Pool:
                 "pool %r: connection held for %.1fs (leak_threshold %.1fs) by %r\nborrowed at:\n%s"
                 "holder is now at:\n%s",
                 self.name, now - slot.borrowed_at, self.leak_threshold, slot.holder,
-                "".join(traceback.format_list(slot.borrowed_from)), current,
+                "".join(traceback.format_list(slot.borrowed_from or [])), current,
             )
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    def wait(self, timeout=30.0):
+    def wait(self, timeout: float = 30.0) -> None:
         """Block until ``min_size`` connections are open; raise ``PoolTimeout`` after ``timeout`` seconds."""
-        if self._generation != _fork_generation:
+        if self._generation != forks.generation:
             self._after_fork()
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
@@ -427,13 +424,13 @@ class Pool:
             raise PoolTimeout(f"pool {self.name!r}: min_size {self.min_size} not reached in {timeout}s "
                               f"({self._counts()}; last error: {self._last_connect_error})")
 
-    def close(self, timeout=5.0):
+    def close(self, timeout: float = 5.0) -> None:
         """Close the pool. Idempotent; in a forked child it only forgets the parent's connections.
 
         New checkouts and queued waiters get ``PoolClosed`` at once; idle connections close now;
         borrowed ones close when returned, or are closed under their holders after ``timeout`` seconds.
         """
-        if self._generation != _fork_generation:
+        if self._generation != forks.generation:
             self._after_fork()
         if self._closed:
             return
@@ -453,7 +450,7 @@ class Pool:
             self._force_close_borrowed()
         logger.info("pool %r: closed", self.name)
 
-    def _force_close_borrowed(self):
+    def _force_close_borrowed(self) -> None:
         borrowed, self._borrowed = self._borrowed, {}
         if borrowed:
             logger.warning("pool %r: closing %d connection(s) still borrowed at the close deadline", self.name, len(borrowed))
@@ -461,22 +458,20 @@ class Pool:
             self._discard_slot(slot, None)
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._closed
 
-    def _after_fork(self):
+    def _after_fork(self) -> None:
         """In a forked child: drop the parent's connections (without disturbing them) and start afresh."""
         inherited = [slot.resource for slot in self._idle.queue] + list(self._borrowed)
         self._reset_state()
         for resource in inherited:
-            try:
+            with contextlib.suppress(Exception):  # the parent's socket: nothing of ours to clean up if it fails
                 self._forget_resource(resource)
-            except Exception:
-                pass
         logger.info("pool %r: rebuilt after fork in pid %d (%d inherited connections dropped)", self.name, os.getpid(), len(inherited))
 
     # -- introspection --------------------------------------------------------------------------------
-    def get_stats(self):
+    def get_stats(self) -> dict[str, int]:
         """Gauges (live) and counters (since creation or the last ``pop_stats()``), keyed by ``pool.stats`` names."""
         values = {
             S.POOL_MIN: self.min_size,
@@ -491,16 +486,16 @@ class Pool:
         values[S.CONNECTIONS_MS] = int(values[S.CONNECTIONS_MS])
         return values
 
-    def pop_stats(self):
+    def pop_stats(self) -> dict[str, int]:
         """Like ``get_stats()``, then reset the counters to zero."""
         values = self.get_stats()
         self._counters = dict.fromkeys(S.COUNTERS, 0)
         return values
 
-    def _counts(self):
+    def _counts(self) -> str:
         return (f"size={self._size}, idle={self._idle.qsize()}, in_use={len(self._borrowed)}, "
                 f"waiting={len(self._waiters)}, max_size={self.max_size}")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {self.name!r} {state} {self._counts()}>"

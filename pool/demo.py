@@ -14,6 +14,8 @@ meant for another greenlet is caught at once:
 Without ``--url`` a private redis-server is started on a free loopback port and stopped at the end.
 Everything is bounded: ``--requests`` in total, socket timeouts of 1 s, and ``--deadline`` seconds per way.
 """
+from __future__ import annotations
+
 if __name__ == "__main__":  # patch before any socket is made, as the service does
     import warnings
 
@@ -25,45 +27,53 @@ if __name__ == "__main__":  # patch before any socket is made, as the service do
 
 import argparse
 import random
+import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import gevent
 import redis
 from gevent import monkey
 
 from .redis_pool import RedisPool
+from .urls import parse_redis_url
 
-__all__ = ["run_demo", "format_table"]
+__all__ = ["format_table", "run_demo"]
 
 KEYS = 100  # demo:key:0 .. demo:key:99, each holding its own name
 WAYS = ("shared connection (wrong)", "RedisPool (right)")
 _SOCKET_OPTIONS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
 
-_shared = None  # the wrong way: one connection for the whole process, as in the seed
+_shared: _SharedConnection | None = None  # the wrong way: one connection for the whole process, as in the seed
 
 
 class _SharedConnection(redis.Connection):
     """A plain redis-py connection that remembers every socket it opened, so the demo can close them all:
     used by many greenlets at once, it reconnects over sockets other greenlets are still reading."""
 
-    def _connect(self):
-        sock = super()._connect()
+    opened: list[socket.socket]
+
+    def _connect(self) -> socket.socket:
+        sock: socket.socket = super()._connect()
         self.opened.append(sock)
         return sock
 
 
-def get_shared_connection(url):
+def get_shared_connection(url: str) -> _SharedConnection:
     """The seed's ``RedisFactory::getRedis()``: make the connection once, then hand the same one to everyone."""
     global _shared
     if _shared is None:
-        _shared = _SharedConnection(**{**redis.connection.parse_url(url), **_SOCKET_OPTIONS})
+        kwargs = dict(parse_redis_url(url).connection_kwargs, **_SOCKET_OPTIONS)
+        kwargs.pop("connection_class", None)  # the demo's shared connection is always a _SharedConnection
+        _shared = _SharedConnection(**kwargs)
         _shared.opened = []
     return _shared
 
 
-def _close_shared():
+def _close_shared() -> None:
     global _shared
     shared, _shared = _shared, None
     if shared is not None:
@@ -72,7 +82,7 @@ def _close_shared():
             sock.close()
 
 
-def _get_shared(url, key):
+def _get_shared(url: str, key: str) -> Any:
     conn = get_shared_connection(url)
     conn.send_command("GET", key)
     return conn.read_response()
@@ -81,22 +91,23 @@ def _get_shared(url, key):
 class _Tally:
     """Counts for one way; greenlets never switch while updating them."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requests = self.correct = self.wrong = self.errors = 0
-        self.samples = []  # the first few wrong replies, as evidence
+        self.samples: list[str] = []  # the first few wrong replies, as evidence
 
-    def as_dict(self, seconds):
+    def as_dict(self, seconds: float) -> dict[str, Any]:
         return {"requests": self.requests, "correct": self.correct, "wrong": self.wrong, "errors": self.errors,
                 "seconds": round(seconds, 3), "samples": self.samples}
 
 
-def _run_way(get, greenlets, requests, deadline, seed):
+def _run_way(get: Callable[[str], Any], greenlets: int, requests: int, deadline: float,
+             seed: int) -> dict[str, Any]:
     """``requests`` GETs spread over ``greenlets`` greenlets; every reply is checked against the key asked."""
     tally = _Tally()
     rng = random.Random(seed)
     shares = [requests // greenlets + (i < requests % greenlets) for i in range(greenlets)]
 
-    def worker(count):
+    def worker(count: int) -> None:
         for _ in range(count):
             key = f"demo:key:{rng.randrange(KEYS)}"
             tally.requests += 1
@@ -120,7 +131,8 @@ def _run_way(get, greenlets, requests, deadline, seed):
     return tally.as_dict(time.monotonic() - started)
 
 
-def run_demo(url, greenlets=50, requests=2000, deadline=30.0, seed=0):
+def run_demo(url: str, greenlets: int = 50, requests: int = 2000, deadline: float = 30.0,
+             seed: int = 0) -> dict[str, dict[str, Any]]:
     """Run the workload the wrong way and the right way against ``url``; return ``{way: counts}``.
 
     Counts are ``requests``, ``correct``, ``wrong`` (another key's reply), ``errors`` and ``seconds``,
@@ -132,7 +144,7 @@ def run_demo(url, greenlets=50, requests=2000, deadline=30.0, seed=0):
     if greenlets < 1 or requests < 1:
         raise ValueError(f"greenlets and requests must be >= 1, got {greenlets} and {requests}")
     pool = RedisPool.from_url(url, max_size=min(greenlets, 10), name="demo", **_SOCKET_OPTIONS)
-    client = redis.Redis(connection_pool=pool)
+    client = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]  # a ConnectionPoolInterface
     try:
         client.mset({f"demo:key:{i}": f"demo:key:{i}" for i in range(KEYS)})
         results = {WAYS[0]: _run_way(lambda key: _get_shared(url, key), greenlets, requests, deadline, seed)}
@@ -144,7 +156,7 @@ def run_demo(url, greenlets=50, requests=2000, deadline=30.0, seed=0):
         pool.close(timeout=1.0)
 
 
-def format_table(results):
+def format_table(results: dict[str, dict[str, Any]]) -> str:
     """The results as a fixed-width text table, one row per way."""
     columns = ("requests", "correct", "wrong", "errors", "seconds")
     width = max(len(way) for way in results)
@@ -154,8 +166,8 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m pool.demo", description=__doc__.split("\n", 1)[0])
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pool.demo", description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--url", help="a Redis URL; default: start a private redis-server on a free port")
     parser.add_argument("--greenlets", type=int, default=50, help="concurrent greenlets (default 50)")
     parser.add_argument("--requests", type=int, default=2000, help="GETs per way, in total (default 2000)")
@@ -163,7 +175,7 @@ def _parse_args(argv):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.url:
         results = run_demo(args.url, args.greenlets, args.requests, args.deadline)

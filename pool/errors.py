@@ -4,10 +4,8 @@ They subclass redis-py's ``ConnectionError`` so code that already catches that k
 """
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-try:  # redis-py's name for "the pool is exhausted, the node is fine": RedisCluster then keeps its slot map
-    from redis.exceptions import MaxConnectionsError as _Exhausted
-except ImportError:  # older redis-py
-    _Exhausted = RedisConnectionError
+# redis-py's name for "the pool is exhausted, the node is fine": RedisCluster then keeps its slot map
+from redis.exceptions import MaxConnectionsError as _Exhausted
 
 __all__ = ["PoolClosed", "PoolError", "PoolTimeout", "TooManyRequests"]
 

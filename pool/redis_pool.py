@@ -1,67 +1,77 @@
 """The Redis binding: the core pool lending redis-py connections, usable wherever redis-py takes a pool."""
+from __future__ import annotations
+
 import re
 import sys
 import threading
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import gevent
 from redis.backoff import NoBackoff
-from redis.connection import Connection, ConnectionPoolInterface, Encoder, parse_url
+from redis.connection import (  # type: ignore[attr-defined]  # Encoder: redis-py re-exports it without __all__
+    AbstractConnection,
+    Connection,
+    ConnectionPoolInterface,
+    Encoder,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .client import PooledRedis
-from .connection import tracked_class
-from .core import Pool, _check_number
+from .client import DELEGATED, PooledRedis
+from .connection import ReplyTracking, tracked_class
+from .core import Pool
 from .errors import PoolError
+from .options import check as check_option
+from .urls import parse_redis_url
+
+if TYPE_CHECKING:
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    from .urls import RedisTarget
+
+_P = TypeVar("_P", bound="RedisPool")
 
 __all__ = ["RedisPool"]
 
-# Pool options that may also come in a URL's query string, with their casts.
-_URL_OPTIONS = {
-    "max_size": int, "min_size": int, "timeout": float, "max_waiting": int, "health_check_interval": float,
-    "max_lifetime": float, "max_idle": float, "leak_threshold": float, "name": str,
-}
 _NOT_A_NAME_CHAR = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
-class RedisPool(Pool, ConnectionPoolInterface):
+class RedisPool(Pool[ReplyTracking], ConnectionPoolInterface):
     """A greenlet-safe pool of redis-py connections that ``redis.Redis(connection_pool=...)`` accepts.
 
     Pool options are the core ``Pool``'s plus ``health_check_interval`` (default 30 s: a connection idle
-    longer than this is PINGed at checkout; 0 = never). Every other keyword is a redis-py connection
+    longer than this is PINGed at checkout; 0 or None = never). Every other keyword is a redis-py connection
     argument (``host``, ``port``, ``db``, ``password``, ``socket_timeout``, ...). Connections carry the
     client name ``greenpool:<name>``. Commands are never retried: ``retry`` defaults to no retries.
     """
 
-    @classmethod
-    def from_url(cls, url, **options):
-        """A pool for ``redis://``, ``rediss://`` or ``unix://`` URLs; keywords override the URL's query."""
-        parts = urlsplit(url)
-        query, pool_options = [], {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            cast = _URL_OPTIONS.get(key)
-            if cast is None:
-                query.append((key, value))  # a connection argument: redis-py parses it
-                continue
-            try:
-                pool_options[key] = cast(value)
-            except ValueError:
-                raise ValueError(f"{key} in the URL query must be {cast.__name__}, got {value!r}") from None
-        if pool_options:  # rebuilt by hand: urlunsplit would turn unix:///path into unix:/path
-            url = url.split("?", 1)[0] + ("?" + urlencode(query) if query else "")
-        kwargs = parse_url(url)
-        kwargs.update(pool_options)
-        kwargs.update(options)
-        return cls(**kwargs)
+    _URL_KIND, _URL_KINDS = "redis", "redis://, rediss:// or unix://"
 
-    def __init__(self, connection_class=Connection, *, max_size=None, min_size=0, timeout=5.0, max_waiting=0,
-                 health_check_interval=30.0, max_lifetime=3600.0, max_idle=600.0, leak_threshold=None,
-                 name=None, max_connections=None, **connection_kwargs):
+    @classmethod
+    def from_url(cls: type[_P], url: str, **options: Any) -> _P:  # noqa: PYI019 (typing.Self is Python 3.11+)
+        """A pool for a URL of the kind this class serves (``RedisPool``: redis://, rediss://, unix://;
+        ``SentinelRedisPool``: redis+sentinel://); keywords override the URL's query. See ``pool.urls``."""
+        target = parse_redis_url(url)
+        if target.kind != cls._URL_KIND:
+            raise ValueError(f"{cls.__name__}.from_url takes {cls._URL_KINDS} URLs, got {target.redacted_url!r}; "
+                             "pool.urls.parse_redis_url(url).make_pool() takes any")
+        return cls.from_target(target, **options)
+
+    @classmethod
+    def from_target(cls: type[_P], target: RedisTarget, **options: Any) -> _P:  # noqa: PYI019 (as above)
+        """A pool for a parsed URL (``pool.urls.RedisTarget``); keywords override the URL's options."""
+        return cls(**{**target.connection_kwargs, **target.pool_options, **options})
+
+    def __init__(self, connection_class: type[AbstractConnection] = Connection, *, max_size: int | None = None,
+                 min_size: int = 0, timeout: float | None = 5.0, max_waiting: int = 0,
+                 health_check_interval: float | None = 30.0, max_lifetime: float | None = 3600.0,
+                 max_idle: float | None = 600.0, leak_threshold: float | None = None, name: str | None = None,
+                 max_connections: int | None = None, **connection_kwargs: Any) -> None:
         if max_size is None:  # redis-py callers (RedisCluster) say max_connections
             max_size = 10 if max_connections is None else max_connections
-        _check_number("health_check_interval", health_check_interval)  # also refuses NaN
+        check_option("health_check_interval", health_check_interval)
         super().__init__(max_size=max_size, min_size=min_size, timeout=timeout, max_waiting=max_waiting,
                          max_lifetime=max_lifetime, max_idle=max_idle, leak_threshold=leak_threshold, name=name)
         self.health_check_interval = health_check_interval
@@ -74,12 +84,12 @@ class RedisPool(Pool, ConnectionPoolInterface):
         self.connection_kwargs = connection_kwargs
         self.himport_registry = connection_kwargs.get("himport_registry")
         self.cache = None
-        self._encoder = None
-        self._client_template = None
+        self._encoder: Encoder | None = None
+        self._client_template: type[_PinnedRedis] | None = None
         self._lock = threading.RLock()  # redis-py's cluster client holds it around disconnect_free_connections()
 
     # -- resource hooks -------------------------------------------------------------------------------
-    def _open(self):
+    def _open(self) -> ReplyTracking:
         """Connect and handshake within ``socket_connect_timeout``: redis-py bounds only the TCP connect by it
         and reads the handshake replies (CLIENT SETNAME, ...) with ``socket_timeout``, so a listener that
         accepts and never answers would hold the checkout that long (forever if ``socket_timeout=None``)."""
@@ -96,14 +106,14 @@ class RedisPool(Pool, ConnectionPoolInterface):
             raise
         return connection
 
-    def _close_resource(self, connection):
+    def _close_resource(self, connection: ReplyTracking) -> None:
         connection.retire()
 
-    def _forget_resource(self, connection):
+    def _forget_resource(self, connection: ReplyTracking) -> None:
         connection.forget()
 
-    def _check(self, connection, idle_for):
-        poller = connection._poller  # inlined has_input(): this runs on every checkout
+    def _check(self, connection: ReplyTracking, idle_for: float) -> bool:
+        poller = connection._poller  # a zero-timeout poll of the socket, inlined: this runs on every checkout
         if poller is None or poller.poll(0):  # EOF (server closed it) or bytes nobody asked for
             return False
         if self.health_check_interval and idle_for >= self.health_check_interval:
@@ -114,7 +124,7 @@ class RedisPool(Pool, ConnectionPoolInterface):
                 return False
         return True
 
-    def _return_problem(self, connection):
+    def _return_problem(self, connection: ReplyTracking) -> str | None:
         problem = connection.return_problem()
         if problem is not None:
             in_flight = sys.exc_info()[0]  # release() runs in redis-py's finally: name a cancellation as such
@@ -123,7 +133,7 @@ class RedisPool(Pool, ConnectionPoolInterface):
         return problem
 
     # -- borrowing --------------------------------------------------------------------------------------
-    def connection(self, timeout=None):
+    def connection(self, timeout: float | None = None) -> _Borrowed:
         """``with pool.connection() as conn``: borrow a raw redis-py connection for the block.
 
         Waits up to ``timeout`` (default: the pool's) and raises ``PoolTimeout``; raises ``PoolClosed``
@@ -133,7 +143,7 @@ class RedisPool(Pool, ConnectionPoolInterface):
         """
         return _Borrowed(self, timeout)
 
-    def client(self, timeout=None):
+    def client(self, timeout: float | None = None) -> _PinnedClient:
         """``with pool.client() as r``: a ``redis.Redis`` pinned to one borrowed connection for the block.
 
         Every command, pipeline and transaction of ``r`` uses that connection. Timeout, close and
@@ -141,51 +151,53 @@ class RedisPool(Pool, ConnectionPoolInterface):
         """
         return _PinnedClient(self, timeout)
 
-    def _pinned_redis(self, connection):
-        template = self._client_template
-        if template is None:
-            template = self._client_template = PooledRedis(connection_pool=self)
-        client = PooledRedis.__new__(PooledRedis)
-        client.__dict__.update(template.__dict__)
-        client.connection_pool = _PinnedPool(self, connection)
-        client.connection = connection
-        return client
+    def _pinned_class(self) -> type[_PinnedRedis]:
+        """The class of this pool's pinned clients: the state ``redis.Redis.__init__`` gives every client, made
+        once and kept as class attributes, so a borrow costs one small object, not a ``redis.Redis.__init__``."""
+        pinned_class = self._client_template
+        if pinned_class is None:
+            # redis-py annotates connection_pool as ConnectionPool; any ConnectionPoolInterface works
+            shared = dict(vars(PooledRedis(connection_pool=self)), connection_pool=None,  # type: ignore[arg-type]
+                          connection=None)
+            pinned_class = self._client_template = type("PinnedRedis", (_PinnedRedis,), shared)
+        return pinned_class
 
     # -- redis-py's ConnectionPoolInterface -------------------------------------------------------------
-    def get_connection(self, command_name=None, *keys, **options):
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> ReplyTracking:
         """Borrow a connection for one command (redis-py's protocol); give it back with ``release()``."""
         return self.getconn()
 
-    def release(self, connection):
+    def release(self, connection: ReplyTracking) -> None:  # type: ignore[override]  # only ours come back
         self.putconn(connection)
 
-    def get_encoder(self):
+    def get_encoder(self) -> Encoder:
         if self._encoder is None:
             kwargs = self.connection_kwargs
             self._encoder = Encoder(kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"),
                                     kwargs.get("decode_responses", False))
         return self._encoder
 
-    def get_protocol(self):
+    def get_protocol(self) -> int | str | None:
         return self.connection_kwargs.get("protocol")
 
-    def reset(self):
+    def reset(self) -> None:
         """Close the idle connections; borrowed ones are closed when they come back."""
         self.disconnect(inuse_connections=False)
 
-    def disconnect_free_connections(self, moving_address_src=None):
+    def disconnect_free_connections(self, moving_address_src: Any = None) -> None:
         """Close the idle connections (redis-py's cluster client calls this after a node error)."""
         self.reset()
 
-    def update_active_connections_for_reconnect(self, moving_address_src=None):
+    def update_active_connections_for_reconnect(self, moving_address_src: Any = None) -> None:
         """Nothing to mark: a borrowed connection is judged when it comes back and at its next checkout."""
 
-    def update_maint_notifications_config(self, maint_notifications_config, **handlers):
+    def update_maint_notifications_config(self, maint_notifications_config: MaintNotificationsConfig,
+                                          **handlers: Any) -> None:
         """Maintenance notifications are not supported: refused if required, ignored if 'auto' (RESP3 default)."""
         if maint_notifications_config.enabled is True:
             raise ValueError("maintenance notifications are not supported by RedisPool")
 
-    def disconnect(self, inuse_connections=True):
+    def disconnect(self, inuse_connections: bool = True) -> None:
         """Close idle connections (and borrowed ones too, if asked); the pool stays open."""
         for slot in list(self._idle.queue):
             slot.resource.disconnect()
@@ -193,29 +205,29 @@ class RedisPool(Pool, ConnectionPoolInterface):
             for connection in list(self._borrowed):
                 connection.disconnect()
 
-    def set_retry(self, retry):
+    def set_retry(self, retry: Retry) -> None:
         self.connection_kwargs["retry"] = retry
         for connection in [slot.resource for slot in self._idle.queue] + list(self._borrowed):
             connection.retry = retry
 
-    def re_auth_callback(self, token):
+    def re_auth_callback(self, token: Any) -> None:
         """New credentials: idle connections are closed; new ones authenticate with the provider's token."""
         self.reset()
 
-    def get_connection_count(self):
+    def get_connection_count(self) -> list[tuple[int, dict[str, str]]]:
         attributes = {"db.client.connection.pool.name": self.name}
         return [(self._idle.qsize(), dict(attributes, state="idle")),
                 (len(self._borrowed), dict(attributes, state="used"))]
 
-    def owns_connection(self, connection):
+    def owns_connection(self, connection: Any) -> bool:
         return connection in self._borrowed
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         base = super().__repr__()
         return f"{base[:-1]} target={_describe_target(self.connection_kwargs)}>"
 
 
-def _describe_target(kwargs):
+def _describe_target(kwargs: dict[str, Any]) -> str:
     """host:port/db or the socket path; never credentials."""
     if "path" in kwargs:
         return f"unix:{kwargs['path']}"
@@ -223,75 +235,91 @@ def _describe_target(kwargs):
     return f"{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
-_USERINFO_PASSWORD = re.compile(r"^([\w+.-]+://[^:/?#@]*):.*@")  # greedy: a password may hold '/', '?' or '@'
-_QUERY_PASSWORD = re.compile(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*")
-
-
-def redact_url(url):
-    """The URL with its passwords (user info, ``password=`` and ``sentinel_password=`` in the query) replaced
-    by ``***``, for logs. Errs on the side of hiding too much when a password holds unescaped reserved characters."""
-    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
-
-
 class _Borrowed:
     """The context manager behind ``connection()``: decide on exit whether the connection may be reused."""
 
-    __slots__ = ("pool", "timeout", "conn")
+    __slots__ = ("conn", "pool", "timeout")
 
-    def __init__(self, pool, timeout):
+    def __init__(self, pool: RedisPool, timeout: float | None) -> None:
         self.pool = pool
         self.timeout = timeout
 
-    def __enter__(self):
-        self.conn = self.pool.getconn(self.timeout)
+    def __enter__(self) -> ReplyTracking:
+        self.conn: ReplyTracking | None = self.pool.getconn(self.timeout)
         return self.conn
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        return _Borrowed.exit(self.pool, self.conn, exc_type)
+
+    @staticmethod
+    def exit(pool: RedisPool, conn: Any, exc_type: type[BaseException] | None) -> Literal[False]:
+        """Give ``conn`` back to ``pool``, or close it, by how the block ended; False: never swallow the error."""
         if exc_type is None:
-            self.pool.putconn(self.conn)
+            pool.putconn(conn)
         elif not issubclass(exc_type, Exception):
-            self.pool.discard(self.conn, "cancelled")
+            pool.discard(conn, "cancelled")
         elif issubclass(exc_type, (RedisConnectionError, RedisTimeoutError, OSError)):
-            self.pool.discard(self.conn, "error")
+            pool.discard(conn, "error")
         else:  # an application or command error: reusable if the stream is at a reply boundary
-            self.pool.putconn(self.conn)
+            pool.putconn(conn)
         return False
 
 
+class _PinnedRedis(PooledRedis):
+    """The client of a ``with pool.client()`` block: it never owns its connection (the block does), so there
+    is nothing for ``redis.Redis.__del__`` to give back when it is collected."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        conn = self.connection
+        if conn is None or options or args[0] in DELEGATED:  # cut loose (PoolError), or options to parse
+            return super().execute_command(*args, **options)
+        conn.send_command(*args)  # the common case of PooledRedis's path, without its give-back and options
+        response = conn.read_response()
+        callback = self.response_callbacks.get(args[0])
+        return response if callback is None else callback(response)
+
+    def __del__(self) -> None:
+        pass
+
+
 class _PinnedClient(_Borrowed):
+    """The context manager behind ``client()``, and what its ``redis.Redis`` sees as its pool: always the one
+    connection, given back by the block, never by the client."""
+
     __slots__ = ("client",)
 
-    def __enter__(self):
-        self.client = self.pool._pinned_redis(super().__enter__())
-        return self.client
+    def __enter__(self) -> _PinnedRedis:  # type: ignore[override]  # the client, not the connection
+        pool = self.pool
+        self.conn = conn = pool.getconn(self.timeout)
+        self.client: _PinnedRedis | None
+        self.client = client = object.__new__(pool._client_template or pool._pinned_class())
+        client.connection_pool = self  # type: ignore[assignment]  # redis-py's annotation says ConnectionPool
+        client.connection = conn
+        return client
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         # A client (or a pipeline made from it) kept past the block must not reach a connection now lent to
         # someone else: cut it loose before the connection goes back.
-        self.client.connection_pool._connection = None
-        self.client.connection = None
-        return super().__exit__(exc_type, exc, tb)
+        client, self.client = self.client, None  # and no reference cycle left for the garbage collector
+        if client is not None:
+            client.connection = None
+        conn, self.conn = self.conn, None
+        return _Borrowed.exit(self.pool, conn, exc_type)
 
-
-class _PinnedPool:
-    """What a pinned ``redis.Redis`` sees as its pool: always the one connection, never given back early."""
-
-    __slots__ = ("_pool", "_connection")
-
-    def __init__(self, pool, connection):
-        self._pool = pool
-        self._connection = connection
-
-    def get_connection(self, command_name=None, *keys, **options):
-        if self._connection is None:
+    # -- what the pinned redis.Redis asks its pool ---------------------------------------------------------
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> ReplyTracking:
+        connection = self.conn
+        if connection is None:
             raise PoolError("this client was pinned to a connection that its `with pool.client()` block gave back")
-        return self._connection
+        return connection
 
-    def release(self, connection):
+    def release(self, connection: Any) -> None:
         """The block that borrowed the connection gives it back, not the client."""
 
-    def owns_connection(self, connection):
-        return connection is self._connection
+    def owns_connection(self, connection: Any) -> bool:
+        return connection is self.conn
 
-    def __getattr__(self, name):
-        return getattr(self._pool, name)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)

@@ -13,32 +13,44 @@ Redis servers holding the data; sentinels that need their own take ``sentinel_us
 reserved characters in passwords.
 
 Query options: the pool's (``max_size``, ``min_size``, ``timeout``, ``max_waiting``,
-``health_check_interval``, ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``name``), connection
-options (``socket_timeout``, ``socket_connect_timeout``, ``socket_keepalive``, ``client_name``,
-``protocol``, ``ssl_*``), and for Sentinel ``master_check_interval``, ``min_other_sentinels``,
-``sentinel_username``, ``sentinel_password``, ``sentinel_socket_timeout``. An unknown option in a
-``+sentinel`` or ``+cluster`` URL is an error (in ``redis://`` URLs redis-py passes it through).
+``health_check_interval``, ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``name``; see
+``pool.options``), connection options (``socket_timeout``, ``socket_connect_timeout``, ``socket_keepalive``,
+``client_name``, ``protocol``, ``username``, ``password``; ``db`` for a single server; ``ssl_*`` with TLS),
+and for Sentinel ``master_check_interval``, ``min_other_sentinels``, ``sentinel_username``,
+``sentinel_password``, ``sentinel_socket_timeout``. Every value is cast and checked here, with the same
+messages as the pools' constructors; an unknown option is an error, whatever the scheme.
 """
+from __future__ import annotations
+
 import dataclasses
+import re
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import redis
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url as redis_parse_url
+from . import options as O
+from .options import Option
 
-from .redis_pool import _URL_OPTIONS, RedisPool, redact_url
+if TYPE_CHECKING:
+    import redis
+    from redis.cluster import RedisCluster
 
-__all__ = ["RedisTarget", "parse_redis_url"]
+    from .backend import Backend
+
+__all__ = ["SCHEMES", "RedisTarget", "parse_redis_url", "redact_url"]
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
-_POOL_OPTIONS = dict(_URL_OPTIONS, max_connections=int)
+_SENTINEL_ONLY = ("master_check_interval", "min_other_sentinels")
+POOL_OPTIONS = {name: option for name, option in O.OPTIONS.items() if name not in _SENTINEL_ONLY}
 _CONNECTION_OPTIONS = {
-    name: URL_QUERY_ARGUMENT_PARSERS.get(name, str)
-    for name in ("socket_timeout", "socket_connect_timeout", "socket_keepalive", "client_name", "protocol",
-                 "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+    "socket_timeout": Option(float), "socket_connect_timeout": Option(float),
+    "socket_keepalive": Option(bool), "client_name": Option(str), "protocol": Option(int, minimum=2),
+    "username": Option(str), "password": Option(str),
 }
-_SENTINEL_OPTIONS = {"master_check_interval": float, "min_other_sentinels": int, "sentinel_username": str,
-                     "sentinel_password": str, "sentinel_socket_timeout": float}
-_DEFAULT_PORTS = {"sentinel": 26379, "cluster": 6379}
+_SSL_OPTIONS = {name: Option(str) for name in ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
+_SSL_OPTIONS["ssl_check_hostname"] = Option(bool)
+_SENTINEL_OPTIONS = {**{name: O.OPTIONS[name] for name in _SENTINEL_ONLY}, "sentinel_username": Option(str),
+                     "sentinel_password": Option(str), "sentinel_socket_timeout": Option(float)}
+_DEFAULT_PORTS = {"redis": 6379, "sentinel": 26379, "cluster": 6379}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,108 +65,127 @@ class RedisTarget:
 
     kind: str
     url: str = dataclasses.field(repr=False)
-    addresses: tuple = ()
-    service_name: str = None
-    connection_kwargs: dict = dataclasses.field(default_factory=dict, repr=False)
-    pool_options: dict = dataclasses.field(default_factory=dict)
-    sentinel_kwargs: dict = dataclasses.field(default_factory=dict, repr=False)
-    master_check_interval: float = 5.0
+    addresses: tuple[tuple[str, int], ...] = ()
+    service_name: str | None = None
+    connection_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    pool_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    sentinel_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    master_check_interval: float | None = 5.0
     min_other_sentinels: int = 0
 
     @property
-    def redacted_url(self):
+    def redacted_url(self) -> str:
         return redact_url(self.url)
 
-    def make_pool(self, **options):
-        """A ``RedisPool`` (one server) or ``SentinelRedisPool``; keywords override the URL's options.
-
-        A cluster has one pool per node, made by the cluster client: use ``make_client()``.
-        """
-        kwargs = {**self.connection_kwargs, **self.pool_options, **options}
-        if self.kind == "redis":
-            return RedisPool(**kwargs)
+    def make_pool(self, **options: Any) -> Backend:
+        """The pool this URL names: a ``RedisPool``, a ``SentinelRedisPool`` or a ``ClusterPool`` (one pool
+        over the cluster's node pools); keywords override the URL's options. No I/O happens here."""
         if self.kind == "sentinel":
             from .sentinel import SentinelRedisPool
-            kwargs.setdefault("master_check_interval", self.master_check_interval)
-            kwargs.setdefault("min_other_sentinels", self.min_other_sentinels)
-            return SentinelRedisPool(self.addresses, self.service_name, sentinel_kwargs=dict(self.sentinel_kwargs),
-                                     **kwargs)
-        raise ValueError("a cluster has one pool per node, made by the cluster client: use make_client()")
+            return SentinelRedisPool.from_target(self, **options)
+        if self.kind == "cluster":
+            from .cluster import ClusterPool
+            return ClusterPool.from_target(self, **options)
+        from .redis_pool import RedisPool
+        return RedisPool.from_target(self, **options)
 
-    def make_client(self, **options):
+    def make_client(self, **options: Any) -> redis.Redis | RedisCluster:
         """``redis.Redis`` over ``make_pool()``, or a ``RedisCluster`` with one pool per node.
 
         For a cluster, pool options (``max_size`` or ``max_connections``, ``min_size``, ``name``, ...) go
         to each node's pool and other keywords to ``RedisCluster``.
         """
         if self.kind != "cluster":
-            return redis.Redis(connection_pool=self.make_pool(**options))
+            import redis
+            return redis.Redis(connection_pool=self.make_pool(**options))  # type: ignore[arg-type]  # a pool interface
         from .cluster import cluster_client
         kwargs = {**self.connection_kwargs, **self.pool_options, **options}
-        pool_options = {name: kwargs.pop(name) for name in list(kwargs) if name in _URL_OPTIONS and name != "timeout"}
-        max_connections = pool_options.pop("max_size", kwargs.pop("max_connections", 10))
+        pool_options = {name: kwargs.pop(name) for name in list(kwargs) if name in POOL_OPTIONS and name != "timeout"}
+        max_connections = pool_options.pop("max_size", pool_options.pop("max_connections", 10))
         return cluster_client(self.addresses, max_connections=max_connections, pool_options=pool_options, **kwargs)
 
 
-def parse_redis_url(url):
-    """Parse any URL in the module docstring's table into a ``RedisTarget``; ``ValueError`` if malformed."""
+def parse_redis_url(url: str) -> RedisTarget:
+    """Parse any URL in the module docstring's table into a ``RedisTarget``; ``ValueError`` if malformed.
+
+    Every part is checked (hosts, ports, db, service name, each query option's value); the message names
+    what is wrong and shows the URL with its passwords replaced by ``***``.
+    """
     if not isinstance(url, str) or "://" not in url:
-        raise ValueError(f"not a Redis URL: {url!r}")
+        raise ValueError(f"not a Redis URL: {redact_url(url) if isinstance(url, str) else url!r}")
     scheme = url.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
         raise ValueError(f"unsupported scheme {scheme!r} in {redact_url(url)!r}; use one of {', '.join(SCHEMES)}")
-    if "+" not in scheme:
-        return _parse_single(url)
-    kind = scheme.split("+", 1)[1]
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # e.g. an unclosed IPv6 bracket
+        raise ValueError(f"malformed URL {redact_url(url)!r}: {error}") from None
     userinfo, _, hostlist = parts.netloc.rpartition("@")
-    connection_kwargs = _credentials(userinfo)
-    if scheme.startswith("rediss"):
+    kind = scheme.partition("+")[2] or "redis"
+    tls = scheme.startswith("rediss")
+    allowed = {**POOL_OPTIONS, **_CONNECTION_OPTIONS, **(_SSL_OPTIONS if tls else {}),
+               **(_SENTINEL_OPTIONS if kind == "sentinel" else {}), **({"db": Option(int)} if kind == "redis" else {})}
+    query = _query(parts.query, url, allowed)
+    pool_options = {name: query.pop(name) for name in list(query) if name in POOL_OPTIONS}
+    connection_kwargs = {**query, **_credentials(userinfo)}
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    if kind == "redis":
+        return _single_target(url, scheme, hostlist, parts.path, path, connection_kwargs, pool_options)
+    if tls:
         connection_kwargs["ssl"] = True
     addresses = tuple(_address(item, _DEFAULT_PORTS[kind], url) for item in hostlist.split(","))
-    query = _query(parts.query, url, sentinel=kind == "sentinel")
-    pool_options = {k: query.pop(k) for k in list(query) if k in _POOL_OPTIONS}
-    path = [unquote(p) for p in parts.path.split("/") if p]
     if kind == "cluster":
         if path not in ([], ["0"]):
             raise ValueError(f"a cluster URL takes no service name and no db other than 0: {redact_url(url)!r}")
-        connection_kwargs.update(query)
         return RedisTarget("cluster", url, addresses, connection_kwargs=connection_kwargs, pool_options=pool_options)
-    return _sentinel_target(url, addresses, path, query, connection_kwargs, pool_options)
+    return _sentinel_target(url, addresses, path, connection_kwargs, pool_options)
 
 
-def _parse_single(url):
-    kwargs = redis_parse_url(url)
-    pool_options = {}
-    for option, cast in _URL_OPTIONS.items():
-        if option in kwargs:
-            pool_options[option] = _cast(option, kwargs.pop(option), cast, url)
-    if "max_connections" in kwargs:
-        pool_options["max_connections"] = kwargs.pop("max_connections")
-    return RedisTarget("redis", url, connection_kwargs=kwargs, pool_options=pool_options)
+def _single_target(url: str, scheme: str, hostlist: str, raw_path: str, path: list[str],
+                   connection_kwargs: dict[str, Any], pool_options: dict[str, Any]) -> RedisTarget:
+    from redis.connection import SSLConnection, UnixDomainSocketConnection
+
+    if scheme == "unix":
+        if hostlist or not raw_path.startswith("/"):
+            raise ValueError(f"a unix URL needs an absolute socket path (unix:///path.sock): {redact_url(url)!r}")
+        connection_kwargs.update(path=unquote(raw_path), connection_class=UnixDomainSocketConnection)
+        return RedisTarget("redis", url, connection_kwargs=connection_kwargs, pool_options=pool_options)
+    if "," in hostlist:
+        raise ValueError(f"a {scheme}:// URL names one server; for several use redis+sentinel:// or "
+                         f"redis+cluster://: {redact_url(url)!r}")
+    connection_kwargs["host"], connection_kwargs["port"] = _address(hostlist, _DEFAULT_PORTS["redis"], url)
+    if len(path) > 1:
+        raise ValueError(f"a {scheme}:// URL takes at most a db after the host: {redact_url(url)!r}")
+    if path:
+        connection_kwargs["db"] = O.from_text("db", path[0], Option(int), repr(redact_url(url)))
+    if scheme == "rediss":
+        connection_kwargs["connection_class"] = SSLConnection
+    return RedisTarget("redis", url, connection_kwargs=connection_kwargs, pool_options=pool_options)
 
 
-def _sentinel_target(url, addresses, path, query, connection_kwargs, pool_options):
+def _sentinel_target(url: str, addresses: tuple[tuple[str, int], ...], path: list[str],
+                     connection_kwargs: dict[str, Any], pool_options: dict[str, Any]) -> RedisTarget:
     if not 1 <= len(path) <= 2:
         raise ValueError(f"a sentinel URL needs /service_name[/db] after the hosts: {redact_url(url)!r}")
-    connection_kwargs["db"] = _cast("db", path[1], int, url) if len(path) == 2 else 0
-    sentinel_kwargs = {}
+    db = O.from_text("db", path[1], Option(int), repr(redact_url(url))) if len(path) == 2 else 0
+    connection_kwargs["db"] = db
+    sentinel_kwargs: dict[str, Any] = {}
     for name, key in (("sentinel_username", "username"), ("sentinel_password", "password"),
                       ("sentinel_socket_timeout", "socket_timeout")):
-        if name in query:
-            sentinel_kwargs[key] = query.pop(name)
+        if name in connection_kwargs:
+            sentinel_kwargs[key] = connection_kwargs.pop(name)
     if "socket_timeout" in sentinel_kwargs:
         sentinel_kwargs["socket_connect_timeout"] = sentinel_kwargs["socket_timeout"]
     if connection_kwargs.get("ssl"):
+        import redis
         sentinel_kwargs["connection_class"] = redis.SSLConnection
-    master_check_interval = query.pop("master_check_interval", 5.0)
-    min_other_sentinels = query.pop("min_other_sentinels", 0)
-    connection_kwargs.update(query)
+    master_check_interval = connection_kwargs.pop("master_check_interval", 5.0)
+    min_other_sentinels = connection_kwargs.pop("min_other_sentinels", 0)
     return RedisTarget("sentinel", url, addresses, path[0], connection_kwargs, pool_options, sentinel_kwargs,
                        master_check_interval, min_other_sentinels)
 
 
-def _credentials(userinfo):
+def _credentials(userinfo: str) -> dict[str, str]:
     if not userinfo:
         return {}
     username, has_password, password = userinfo.partition(":")
@@ -166,34 +197,38 @@ def _credentials(userinfo):
     return kwargs
 
 
-def _address(item, default_port, url):
+def _address(item: str, default_port: int, url: str) -> tuple[str, int]:
     item = item.strip()
     if item.startswith("["):  # [ipv6]:port
         host, _, rest = item[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
+        port_text = rest[1:] if rest.startswith(":") else ""
     else:
-        host, _, port = item.partition(":")
+        host, _, port_text = item.partition(":")
     if not host:
         raise ValueError(f"empty host in {redact_url(url)!r}")
-    port = _cast("port", port, int, url) if port else default_port
+    if not port_text:
+        return unquote(host), default_port
+    port = int(port_text) if port_text.isdigit() else 0
     if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {redact_url(url)!r}: {port}")
+        raise ValueError(f"port must be an integer from 1 to 65535, got {port_text!r} (in {redact_url(url)!r})")
     return unquote(host), port
 
 
-def _query(query, url, *, sentinel):
-    allowed = {**_POOL_OPTIONS, **_CONNECTION_OPTIONS, **(_SENTINEL_OPTIONS if sentinel else {})}
+def _query(query: str, url: str, allowed: dict[str, Option]) -> dict[str, Any]:
     parsed = {}
     for name, values in parse_qs(query, keep_blank_values=True).items():
-        if name not in allowed:
+        option = allowed.get(name)
+        if option is None:
             raise ValueError(f"unknown option {name!r} in {redact_url(url)!r}; known: {', '.join(sorted(allowed))}")
-        parsed[name] = _cast(name, values[-1], allowed[name], url)
+        parsed[name] = O.from_text(name, values[-1], option, repr(redact_url(url)))
     return parsed
 
 
-def _cast(name, value, cast, url):
-    try:
-        return cast(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} in {redact_url(url)!r} must be {getattr(cast, '__name__', 'valid')}, "
-                         f"got {value!r}") from None
+_USERINFO_PASSWORD = re.compile(r"^([\w+.-]+://[^:/?#@]*):.*@")  # greedy: a password may hold '/', '?' or '@'
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its passwords (user info, ``password=`` and ``sentinel_password=`` in the query) replaced
+    by ``***``, for logs. Errs on the side of hiding too much when a password holds unescaped reserved characters."""
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))

@@ -1,10 +1,12 @@
 """redis-py's RedisCluster with one greenpool per node, against a real 3-master cluster on loopback ports."""
+import time
+
 import gevent
 import pytest
 from redis.cluster import ClusterNode, RedisCluster
 
-from pool import RedisPool
-from pool.cluster import cluster_client
+from pool import PoolClosed, PoolTimeout, RedisPool
+from pool.cluster import ClusterPool, cluster_client
 from pool.urls import parse_redis_url
 
 
@@ -128,5 +130,54 @@ def test_closing_the_client_closes_the_node_pools(cluster):
 def test_cluster_url_refuses_a_db():
     with pytest.raises(ValueError, match="db other than 0"):
         parse_redis_url("redis+cluster://127.0.0.1:7000/1")
-    with pytest.raises(ValueError, match="one pool per node"):
-        parse_redis_url("redis+cluster://127.0.0.1:7000").make_pool()
+    pool = parse_redis_url("redis+cluster://127.0.0.1:7000").make_pool()  # one pool over the node pools
+    assert isinstance(pool, ClusterPool) and not pool.closed and repr(pool).startswith("<ClusterPool")
+
+
+# -- ClusterPool: the cluster as one pool.backend.Backend -------------------------------------------------------
+@pytest.mark.timing
+def test_cluster_pool_client_timeout_is_the_node_checkout_deadline(cluster):
+    """``ClusterPool.client(timeout)`` bounds each node checkout in its block by ``timeout``, not by the node
+    pools' own (5 s here): with a node's only connection held, a command for a key on it fails on time with
+    PoolTimeout, and keys on other nodes still work."""
+    cp = ClusterPool.from_url(cluster.url, max_size=1, timeout=5.0, name="deadline")
+    try:
+        with cp.client() as rc:
+            rc.set("deadline:a", 1)  # the slot map is read; every node got its pool
+            node = rc.get_node_from_key("deadline:a").name
+            other = next(f"deadline:{i}" for i in range(100) if rc.get_node_from_key(f"deadline:{i}").name != node)
+        held_pool = cp.node_pools()[node]
+        held = held_pool.getconn()
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout), cp.client(timeout=0.2) as rc:
+            rc.get("deadline:a")
+        assert 0.15 <= time.monotonic() - started < 1.5
+        with cp.client(timeout=0.2) as rc:
+            assert rc.set(other, 2) and rc.get(other) == b"2"
+        held_pool.putconn(held)
+        with cp.client() as rc:
+            assert rc.get("deadline:a") == b"1"
+    finally:
+        cp.close(1.0)
+
+
+@pytest.mark.timing
+def test_cluster_pool_close_shares_one_deadline_and_refuses_afterwards(cluster):
+    """``ClusterPool.close(timeout)`` closes every node pool once within one deadline for all of them (two nodes
+    with a connection still borrowed take about ``timeout``, not twice that), is idempotent, and later
+    ``client()`` calls raise PoolClosed."""
+    cp = ClusterPool.from_url(cluster.url, max_size=2, name="closing")
+    with cp.client() as rc:
+        rc.set("closing:x", 1)
+    pools = list(cp.node_pools().values())
+    assert len(pools) == 3 and cp.get_stats()["pool_max"] == 6
+    borrowed = [(p, p.getconn()) for p in pools[:2]]
+    started = time.monotonic()
+    cp.close(0.3)
+    assert 0.25 <= time.monotonic() - started < 0.6 + 0.5
+    assert all(p.closed for p in pools) and cp.closed
+    cp.close(0.3)  # harmless
+    with pytest.raises(PoolClosed):
+        cp.client()
+    for p, conn in borrowed:
+        p.putconn(conn)  # closed by now: nothing happens

@@ -14,7 +14,7 @@ from prometheus_client.utils import floatToGoString
 
 from pool import stats as S
 from pool.testing import Dataset, Load, wait_until
-from wsgi_app.metrics import HTTP_BUCKETS, WAIT_BUCKETS, ServiceMetrics, observe_waits
+from wsgi_app.metrics import HTTP_BUCKETS, WAIT_BUCKETS, ServiceMetrics, histogram_values, observe_waits
 from wsgi_app.service import create_app
 
 ROUTES = {"/", "/healthz", "/readyz", "/stats", "/metrics", "/hashes/{name}", "unmatched"}
@@ -242,3 +242,36 @@ def test_observe_waits_matches_observe(free, queued, waited):
         assert samples(registry_a) == samples(registry_b)
     else:  # a wait that ended after its checkout was counted in an earlier reading: only the sum grows
         assert registry_a.get_sample_value("w_sum") == waited and registry_a.get_sample_value("w_count") == 0
+
+
+def test_prometheus_client_internals_the_folding_relies_on():
+    """The private prometheus_client attributes that wsgi_app.metrics reads (a histogram's ``_sum`` and
+    ``_buckets`` value objects, and ``values.ValueClass``/``values.MutexValue`` telling the value class apart)
+    are still there and mean what they meant: if an upgrade moves them, this fails by name (setup.cfg caps the
+    version at the ones tested)."""
+    from prometheus_client import values
+
+    registry = CollectorRegistry()
+    histogram = Histogram("internals", "internals", ("route",), buckets=HTTP_BUCKETS, registry=registry)
+    child = histogram.labels("/")
+    try:
+        sum_, buckets = histogram_values(child)
+    except AttributeError as error:
+        pytest.fail(f"prometheus_client moved a histogram's _sum/_buckets ({error}): update wsgi_app/metrics.py")
+    assert len(buckets) == len(HTTP_BUCKETS) + 1, "one value object per bucket, +Inf last"
+    sum_.inc(0.5)
+    buckets[len(HTTP_BUCKETS)].inc(2)
+    assert registry.get_sample_value("internals_sum", {"route": "/"}) == 0.5
+    assert registry.get_sample_value("internals_count", {"route": "/"}) == 2
+    assert registry.get_sample_value("internals_bucket", {"route": "/", "le": "+Inf"}) == 2
+    assert isinstance(values.ValueClass, type) and isinstance(values.MutexValue, type), \
+        "prometheus_client.values no longer names its value classes: update ServiceMetrics._get"
+    assert values.ValueClass is values.MutexValue  # this test process has no PROMETHEUS_MULTIPROC_DIR
+
+
+def test_multiproc_dir_set_after_prometheus_client_import_is_refused(tmp_path):
+    """A PROMETHEUS_MULTIPROC_DIR that prometheus_client did not see at import (it picked the single-process value
+    class) is refused with a RuntimeError saying so, not silently left unshared between workers."""
+    metrics = ServiceMetrics(str(tmp_path), lambda: None)
+    with pytest.raises(RuntimeError, match="set after prometheus_client was imported"):
+        metrics.sample()

@@ -190,9 +190,8 @@ def test_stats_keys_are_the_documented_names(make_pool):
     ("timeout", -1), ("timeout", "1"), ("timeout", float("nan")),
     ("max_waiting", -1), ("max_waiting", 1.5),
     ("health_check_interval", -1), ("health_check_interval", "30"), ("health_check_interval", float("nan")),
-    ("max_lifetime", 0), ("max_lifetime", -5), ("max_lifetime", "1h"),
-    ("max_idle", 0), ("max_idle", -5),
-    ("leak_threshold", 0), ("leak_threshold", -1),
+    ("max_lifetime", -5), ("max_lifetime", "1h"), ("max_lifetime", float("nan")),
+    ("max_idle", -5), ("leak_threshold", -1), ("health_check_interval", True),
     ("name", 5),
 ])
 def test_invalid_option_raises_value_error_naming_it(option, value):
@@ -201,9 +200,42 @@ def test_invalid_option_raises_value_error_naming_it(option, value):
         RedisPool(**{option: value})
 
 
+def test_zero_means_off_for_every_period_and_limit(make_pool, admin):
+    """0 means off, as None does: max_lifetime=0 and max_idle=0 never recycle, leak_threshold=0 never reports,
+    health_check_interval=0 never PINGs, max_waiting=0 never refuses; the URL query takes the same zeros.
+    (A literal 0 would expire every connection at once and report every borrow as a leak.)"""
+    p = make_pool(url=None, max_size=1, max_lifetime=0, max_idle=0, leak_threshold=0, health_check_interval=0,
+                  max_waiting=0)
+    assert RedisPool.from_url("redis://127.0.0.1:1/0?max_lifetime=0&max_idle=0&leak_threshold=0"
+                              "&health_check_interval=0&max_waiting=0").max_lifetime == 0
+    pings = admin.info("commandstats").get("cmdstat_ping", {}).get("calls", 0)
+    with p.connection() as conn:
+        first = client_id(conn)
+        waiters = [gevent.spawn(p.getconn, 5.0) for _ in range(3)]  # all queue: none is refused
+        wait_until(lambda: stat(p, S.REQUESTS_WAITING) == 3, 2)
+        gevent.sleep(0.1)  # held "longer than" 0 s, and housekeeping had its chances
+        gevent.killall(waiters)
+    with p.connection() as conn:
+        assert client_id(conn) == first  # the same connection: not recycled, not re-checked by PING
+    assert admin.info("commandstats").get("cmdstat_ping", {}).get("calls", 0) == pings
+    got = p.get_stats()
+    assert (got[S.DISCARDED_LIFETIME], got[S.DISCARDED_IDLE], got[S.LEAKS_REPORTED], got[S.REQUESTS_REJECTED]) == (0,) * 4
+
+
+def test_zero_checkout_timeout_means_do_not_wait(make_pool):
+    """timeout=0 is the one exception: not "off" but "do not wait": a free connection is lent, a busy pool
+    raises PoolTimeout at once."""
+    p = make_pool(max_size=1)
+    with p.connection(timeout=0):
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            p.getconn(0)
+        assert time.monotonic() - started < 0.05
+
+
 @pytest.mark.parametrize("query, option", [
     ("max_size=abc", "max_size"), ("max_size=0", "max_size"), ("timeout=soon", "timeout"),
-    ("min_size=-1", "min_size"), ("max_waiting=x", "max_waiting"), ("max_idle=0", "max_idle"),
+    ("min_size=-1", "min_size"), ("max_waiting=x", "max_waiting"), ("max_idle=-1", "max_idle"),
     ("health_check_interval=x", "health_check_interval"), ("leak_threshold=-1", "leak_threshold"),
 ])
 def test_invalid_url_option_raises_value_error_naming_it(query, option):

@@ -214,13 +214,35 @@ def test_pool_exhausted_503_and_request_timeout_504(make_app, redis_server, admi
 
 def test_settings_errors_name_the_variable():
     """An invalid setting raises SettingsError naming the variable."""
-    cases = {"POOL_MAX_SIZE": "ten", "POOL_MIN_SIZE": "-1", "POOL_TIMEOUT": "nan", "REQUEST_TIMEOUT": "0",
+    cases = {"POOL_MAX_SIZE": "ten", "POOL_MIN_SIZE": "-1", "POOL_TIMEOUT": "nan", "REQUEST_TIMEOUT": "-1",
              "MAX_BODY_BYTES": "1k", "REDIS_URL": "http://example.org", "MAX_FIELDS": "0"}
     for name, value in cases.items():
         with pytest.raises(SettingsError, match=name):
             load({name: value})
     with pytest.raises(SettingsError, match="POOL_MIN_SIZE"):
         load({"POOL_MAX_SIZE": "2", "POOL_MIN_SIZE": "3"})
+
+
+def test_zero_means_off_for_the_service_settings_too(make_app, admin):
+    """REQUEST_TIMEOUT=0 is no deadline (a literal 0 s would answer 504 at the first wait on Redis) and
+    POOL_MAX_WAITING=0 no limit, as 0 means off for the pool's options; POOL_TIMEOUT=0 is "do not wait"."""
+    admin.hset("key", mapping={"zero": "off"})
+    try:
+        app = make_app(REQUEST_TIMEOUT=0, POOL_MAX_WAITING=0, POOL_TIMEOUT=0)
+        assert call(app, "GET", "/")[::2] == (200, {"zero": "off"})
+        assert app.request_timeout is None and app.pool.get().max_waiting == 0 and app.pool.get().timeout == 0
+    finally:
+        admin.delete("key")
+
+
+def test_every_redis_url_form_is_checked_by_the_pool_parser():
+    """REDIS_URL is parsed in full by pool.urls at start-up, single-server URLs included: a bad port, db or option
+    value is one SettingsError line naming REDIS_URL, without the password."""
+    for url in ("redis://:hunter2@h:notaport/0", "redis://:hunter2@h/x", "unix:///tmp/r.sock?max_size=0",
+                "redis://:hunter2@h/0?timeout=soon", "rediss://:hunter2@h/0?bogus=1"):
+        with pytest.raises(SettingsError, match="^REDIS_URL is invalid: ") as refused:
+            load({"REDIS_URL": url})
+        assert "hunter2" not in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_settings_defaults_and_embedded_url(tmp_path):

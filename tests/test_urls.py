@@ -1,7 +1,7 @@
 """pool.urls: one parser for redis://, unix://, redis+sentinel:// and redis+cluster:// URLs."""
 import pytest
 
-from pool import RedisPool
+from pool import Backend, ConnectionBackend, RedisPool
 from pool import redact_url as redact
 from pool.urls import parse_redis_url
 
@@ -39,7 +39,7 @@ def test_cluster_url():
     ("http://x", "unsupported scheme"),
     ("redis+sentinel://h1", "service_name"),
     ("redis+sentinel://h1/m/x", "db"),
-    ("redis+sentinel://h1:0/m", "port out of range"),
+    ("redis+sentinel://h1:0/m", "port must be an integer from 1 to 65535"),
     ("redis+sentinel://h1/m?max_size=many", "max_size"),
     ("redis+cluster://h1?bogus=1", "unknown option 'bogus'"),
     ("redis+cluster://:pw@,h2", "empty host"),
@@ -53,3 +53,44 @@ def test_malformed_urls_are_refused_without_showing_passwords(url, message):
 def test_redact_hides_every_password():
     assert redact("redis+sentinel://u:pw@h/m?sentinel_password=sp&password=p2") == \
         "redis+sentinel://u:***@h/m?sentinel_password=***&password=***"
+
+
+def test_one_parser_one_message_for_every_scheme_and_the_constructors():
+    """A bad pool option gets the same message from the constructor, from RedisPool.from_url and from
+    parse_redis_url of any scheme (only the URL, redacted, is added); unknown options are refused everywhere."""
+    with pytest.raises(ValueError) as direct:
+        RedisPool(max_size=0)
+    assert str(direct.value) == "max_size must be an integer >= 1, got 0"
+    for url in ("redis://:pw@h/0?max_size=0", "unix:///tmp/r.sock?max_size=0", "redis+cluster://:pw@h?max_size=0",
+                "redis+sentinel://:pw@h/m?max_size=0"):
+        with pytest.raises(ValueError) as parsed:
+            parse_redis_url(url)
+        assert str(parsed.value) == f"max_size must be an integer >= 1, got '0' (in {redact(url)!r})"
+    with pytest.raises(ValueError, match="max_size must be an integer >= 1, got '0'"):
+        RedisPool.from_url("redis://h/0?max_size=0")
+    with pytest.raises(ValueError, match="unknown option 'bogus'"):
+        RedisPool.from_url("redis://h/0?bogus=1")
+    with pytest.raises(ValueError, match="port must be an integer from 1 to 65535, got 'notaport'") as bad_port:
+        parse_redis_url("redis://:hunter2@h:notaport/0")
+    assert "hunter2" not in str(bad_port.value)
+
+
+def test_each_from_url_takes_its_own_kind_and_make_pool_takes_any():
+    """RedisPool.from_url refuses a sentinel or cluster URL (naming what takes it); make_pool() builds the pool
+    each URL names, without I/O; all are Backends, and only the first two lend raw connections."""
+    from pool.cluster import ClusterPool
+    from pool.sentinel import SentinelRedisPool
+
+    with pytest.raises(ValueError, match="RedisPool.from_url takes redis://"):
+        RedisPool.from_url("redis+cluster://h:7000")
+    with pytest.raises(ValueError, match="ClusterPool.from_url takes redis\\+cluster://"):
+        ClusterPool.from_url("redis://h/0")
+    pools = [parse_redis_url(url).make_pool() for url in
+             ("redis://h/0", "redis+sentinel://h1/m", "redis+cluster://h1:7000")]
+    try:
+        assert [type(p) for p in pools] == [RedisPool, SentinelRedisPool, ClusterPool]
+        assert all(isinstance(p, Backend) for p in pools)  # the one interface the service uses
+        assert [isinstance(p, ConnectionBackend) for p in pools] == [True, True, False]
+    finally:
+        for p in pools:
+            p.close(0)

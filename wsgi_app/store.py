@@ -11,7 +11,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .errors import WrongType
 
-__all__ = ["delete_hash", "get_hash", "get_hash_raw", "merge_hash", "replace_hash"]
+__all__ = ["delete_hash", "get_hash", "merge_hash", "replace_hash"]
 
 _CHECK_TYPE = """
 local t = redis.call('TYPE', KEYS[1])['ok']
@@ -89,21 +89,7 @@ def _decode_hash(raw):
 def get_hash(client, key):
     """The hash at ``key`` as a dict of str, or ``None`` when the key does not exist."""
     try:
-        raw = client.hgetall(key)
-    except ResponseError as exc:
-        _raise_wrong_type(exc)
-        raise
-    if not raw:
-        return None
-    return _decode_hash(raw)
-
-
-def get_hash_raw(conn, key):
-    """``get_hash`` on a raw redis-py connection the caller borrowed (``pool.connection()``): HGETALL sent and
-    read directly."""
-    conn.send_command("HGETALL", key)
-    try:
-        raw = conn.read_response()
+        raw = client.execute_command("HGETALL", key)  # = hgetall(key), without building its keys=[key] option
     except ResponseError as exc:
         _raise_wrong_type(exc)
         raise

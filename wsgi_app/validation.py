@@ -12,7 +12,7 @@ _CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0)))
 class Limits:
     """The size limits of ``Settings`` that validation needs, read once."""
 
-    __slots__ = ("max_key_bytes", "max_fields", "max_field_bytes")
+    __slots__ = ("max_field_bytes", "max_fields", "max_key_bytes")
 
     def __init__(self, settings):
         self.max_key_bytes = settings.max_key_bytes
