@@ -12,16 +12,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .client import PooledRedis
+from .commands import may_share
 from .connection import tracked_class
 from .core import Pool, _check_number
-from .errors import PoolError
+from .errors import PoolClosed, PoolError
+from .handle import SharedHandle
+from .multiplex import Multiplexer
+from . import core
+from . import stats as S
 
 __all__ = ["RedisPool"]
 
 # Pool options that may also come in a URL's query string, with their casts.
 _URL_OPTIONS = {
     "max_size": int, "min_size": int, "timeout": float, "max_waiting": int, "health_check_interval": float,
-    "max_lifetime": float, "max_idle": float, "leak_threshold": float, "name": str,
+    "max_lifetime": float, "max_idle": float, "leak_threshold": float, "name": str, "multiplex": int,
 }
 _NOT_A_NAME_CHAR = re.compile(r"[^A-Za-z0-9_.:-]")
 
@@ -33,6 +38,15 @@ class RedisPool(Pool, ConnectionPoolInterface):
     longer than this is PINGed at checkout; 0 = never). Every other keyword is a redis-py connection
     argument (``host``, ``port``, ``db``, ``password``, ``socket_timeout``, ...). Connections carry the
     client name ``greenpool:<name>``. Commands are never retried: ``retry`` defaults to no retries.
+
+    ``multiplex`` (default 0: off) is the number of shared connections: with ``multiplex=N`` the commands
+    that may share (``pool.commands``) from ``redis.Redis(connection_pool=p)``, ``PooledRedis``,
+    ``RedisCluster`` node clients and ``p.execute()`` are coalesced onto up to N connections, each reply
+    still reaching its own sender; everything else borrows an exclusive connection as without it.
+    N must be below ``max_size`` so exclusive commands still find a connection. Each shared connection
+    owes at most ``multiplex_max_in_flight`` replies (default 1000) and queues at most
+    ``multiplex_max_queued_bytes`` unwritten bytes (default 4 MiB); beyond that callers wait in arrival
+    order under ``timeout`` and ``max_waiting`` (``PoolTimeout``, ``TooManyRequests``, ``PoolClosed``).
     """
 
     @classmethod
@@ -58,10 +72,16 @@ class RedisPool(Pool, ConnectionPoolInterface):
 
     def __init__(self, connection_class=Connection, *, max_size=None, min_size=0, timeout=5.0, max_waiting=0,
                  health_check_interval=30.0, max_lifetime=3600.0, max_idle=600.0, leak_threshold=None,
-                 name=None, max_connections=None, **connection_kwargs):
+                 name=None, max_connections=None, multiplex=0, multiplex_max_in_flight=1000,
+                 multiplex_max_queued_bytes=4 * 1024 * 1024, **connection_kwargs):
         if max_size is None:  # redis-py callers (RedisCluster) say max_connections
             max_size = 10 if max_connections is None else max_connections
         _check_number("health_check_interval", health_check_interval)  # also refuses NaN
+        _check_multiplex(multiplex, max_size, multiplex_max_in_flight, multiplex_max_queued_bytes)
+        self.multiplex = multiplex  # read by _reset_state (called by Pool.__init__) to build the multiplexer
+        self.multiplex_max_in_flight = multiplex_max_in_flight
+        self.multiplex_max_queued_bytes = multiplex_max_queued_bytes
+        self._mux = None
         super().__init__(max_size=max_size, min_size=min_size, timeout=timeout, max_waiting=max_waiting,
                          max_lifetime=max_lifetime, max_idle=max_idle, leak_threshold=leak_threshold, name=name)
         self.health_check_interval = health_check_interval
@@ -77,6 +97,48 @@ class RedisPool(Pool, ConnectionPoolInterface):
         self._encoder = None
         self._client_template = None
         self._lock = threading.RLock()  # redis-py's cluster client holds it around disconnect_free_connections()
+
+    # -- multiplexing -------------------------------------------------------------------------------
+    def _reset_state(self):
+        super()._reset_state()
+        old = getattr(self, "_mux", None)
+        if old is not None:
+            old.forget()  # a forked child: stop watching the parent's sockets (the core forgets them)
+        if getattr(self, "multiplex", 0):
+            self._mux = Multiplexer(self, self.multiplex, self.multiplex_max_in_flight,
+                                    self.multiplex_max_queued_bytes)
+
+    def _forked_mux(self):
+        """The multiplexer of this process (the pool is rebuilt first if it was inherited across fork)."""
+        if self._generation != core._fork_generation:
+            self._after_fork()
+        if self._mux is None:
+            raise PoolClosed(f"pool {self.name!r} is closed")
+        return self._mux
+
+    def execute(self, *args, never_decode=False):
+        """Run one command and return its reply as ``read_response()`` does (no response callbacks); an error
+        reply is raised. On a multiplexed pool a command that may share goes to a shared connection (the
+        fastest path: no client layers); any other command borrows an exclusive connection for the call.
+        Timeouts, ``PoolClosed`` and cancellation behave as for ``connection()``."""
+        mux = self._mux
+        if mux is not None and may_share(args):
+            return mux.execute(args, not never_decode)
+        with self.connection() as conn:
+            conn.send_command(*args)
+            return conn.read_response(disable_decoding=never_decode)
+
+    def _getconn_exclusive(self):
+        """A connection for one caller alone (a SharedHandle moving off the shared path)."""
+        return self.getconn()
+
+    def _shared_error(self, shared, error):
+        """The exception to raise for an error reply that came on a shared connection (SentinelRedisPool
+        turns READONLY into a ConnectionError and retires the connection)."""
+        return error
+
+    def _maintain_shared(self, shared_connections):
+        """About once a second while shared connections are open: a subclass may retire some."""
 
     # -- resource hooks -------------------------------------------------------------------------------
     def _open(self):
@@ -153,11 +215,19 @@ class RedisPool(Pool, ConnectionPoolInterface):
 
     # -- redis-py's ConnectionPoolInterface -------------------------------------------------------------
     def get_connection(self, command_name=None, *keys, **options):
-        """Borrow a connection for one command (redis-py's protocol); give it back with ``release()``."""
+        """Borrow a connection for one command (redis-py's protocol); give it back with ``release()``.
+
+        On a multiplexed pool this is a light ``SharedHandle``: commands that may share go to a shared
+        connection, and the handle borrows an exclusive connection before the first one that may not."""
+        if self._mux is not None:
+            return SharedHandle(self)
         return self.getconn()
 
     def release(self, connection):
-        self.putconn(connection)
+        if type(connection) is SharedHandle:
+            connection.release()
+        else:
+            self.putconn(connection)
 
     def get_encoder(self):
         if self._encoder is None:
@@ -186,12 +256,17 @@ class RedisPool(Pool, ConnectionPoolInterface):
             raise ValueError("maintenance notifications are not supported by RedisPool")
 
     def disconnect(self, inuse_connections=True):
-        """Close idle connections (and borrowed ones too, if asked); the pool stays open."""
+        """Close idle connections (and borrowed ones too, if asked); the pool stays open. Shared connections
+        are retired: they take no new commands, and close once the replies they owe have arrived."""
         for slot in list(self._idle.queue):
             slot.resource.disconnect()
+        mux = self._mux
         if inuse_connections:
             for connection in list(self._borrowed):
-                connection.disconnect()
+                if mux is None or not mux.owns(connection):
+                    connection.disconnect()
+        if mux is not None:
+            mux.retire_all()
 
     def set_retry(self, retry):
         self.connection_kwargs["retry"] = retry
@@ -208,11 +283,59 @@ class RedisPool(Pool, ConnectionPoolInterface):
                 (len(self._borrowed), dict(attributes, state="used"))]
 
     def owns_connection(self, connection):
+        if type(connection) is SharedHandle:
+            return connection._pool is self
         return connection in self._borrowed
+
+    # -- lifecycle and stats with multiplexing ----------------------------------------------------------------
+    def close(self, timeout=5.0):
+        """Close the pool (see ``Pool.close``). Shared connections take no new commands at once; the replies
+        they owe may arrive until the deadline, after which their callers get ``PoolClosed``."""
+        mux = self._mux
+        if mux is not None and self._generation == core._fork_generation and not self._closed:
+            mux.close()
+        super().close(timeout)
+
+    def _force_close_borrowed(self):
+        mux = self._mux
+        if mux is not None:
+            mux.abort(PoolClosed(f"pool {self.name!r} closed before the reply arrived"))
+        super()._force_close_borrowed()
+
+    def get_stats(self):
+        values = super().get_stats()
+        mux = self._mux
+        if mux is not None:
+            values[S.REQUESTS_WAITING] += mux.waiting
+            values[S.MUX_COMMANDS] = mux.commands
+            values[S.MUX_BATCHES] = mux.batches
+            values[S.MUX_REPLIES_DROPPED] = mux.dropped
+            values[S.MUX_CANCELLED_UNSENT] = mux.cancelled_unsent
+            values[S.MUX_CONNECTIONS_NUM] = mux.opens
+            values[S.EXCLUSIVE_CHECKOUTS] = values[S.REQUESTS_NUM] - mux.opens
+        else:
+            values[S.EXCLUSIVE_CHECKOUTS] = values[S.REQUESTS_NUM]
+        return values
+
+    def pop_stats(self):
+        values = super().pop_stats()
+        if self._mux is not None:
+            self._mux.reset_counters()
+        return values
 
     def __repr__(self):
         base = super().__repr__()
-        return f"{base[:-1]} target={_describe_target(self.connection_kwargs)}>"
+        shared = f" multiplex={self.multiplex}" if self.multiplex else ""
+        return f"{base[:-1]}{shared} target={_describe_target(self.connection_kwargs)}>"
+
+
+def _check_multiplex(multiplex, max_size, max_in_flight, max_queued_bytes):
+    _check_number("multiplex", multiplex, integer=True)
+    if multiplex and multiplex >= max_size:
+        raise ValueError(f"multiplex ({multiplex}) must be below max_size ({max_size}): exclusive commands "
+                         "(transactions, blocking commands, pub/sub) need connections of their own")
+    _check_number("multiplex_max_in_flight", max_in_flight, minimum=1, integer=True)
+    _check_number("multiplex_max_queued_bytes", max_queued_bytes, minimum=1, integer=True)
 
 
 def _describe_target(kwargs):
