@@ -662,11 +662,13 @@ class Multiplexer:
         if pending is None:
             pending = self._first = self._start_open()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            pending.get(timeout=remaining)
-        except gevent.Timeout:
+        pending.wait(remaining)  # a caller's own gevent.Timeout or kill passes through; the open goes on
+        if not pending.ready():
+            self.pool._counters[S.REQUESTS_TIMEOUTS] += 1
             raise PoolTimeout(f"pool {self.pool.name!r}: no shared connection within {self.pool.timeout}s "
-                              f"({self.pool._counts()})") from None
+                              f"({self.pool._counts()})")
+        if not pending.successful():
+            raise _copy(pending.exception)  # type: ignore[arg-type]
 
     def _grow(self) -> None:
         """All open connections are busy: open one more in the background, if a slot is free right now."""
