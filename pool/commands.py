@@ -22,7 +22,7 @@ script, and scripts cannot block. Subcommands are judged one by one (``CLIENT ID
 SETNAME`` does not). ``SWAPDB`` shares: it swaps datasets for every client alike, the connection's
 own db number is untouched.
 """
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Sequence
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Sequence, Set
 
 __all__ = ["SHARED_COMMANDS", "SHARED_SUBCOMMANDS", "may_share"]
 
@@ -110,7 +110,7 @@ _RULES: Dict[str, Callable[[Sequence[Any]], bool]] = {
 
 def _spellings(names: Iterable[str]) -> FrozenSet[Any]:
     """Every spelling redis-py or a caller is likely to pass as the first argument: str or bytes, either case."""
-    out = set()
+    out: Set[Any] = set()
     for name in names:
         for text in (name, name.lower()):
             out.add(text)

@@ -232,14 +232,15 @@ class SharedConnection:
         if not self.alive or self._generation != core._fork_generation or self._out or self._writing is not None:
             return  # a write is still in progress: its completion flushes again
         calls, self._unsent = self._unsent, []
-        pieces = []
+        pieces: List[bytes] = []
         was_idle = not self._sent
         sent = self._sent
         for call in calls:
-            if call.state == UNSENT:
+            data = call.data
+            if call.state == UNSENT and data is not None:
                 call.state = SENT
-                pieces.append(call.data)
-                self.queued -= len(call.data)  # type: ignore[arg-type]
+                pieces.append(data)
+                self.queued -= len(data)
                 call.data = None
                 sent.append(call)
         if not pieces:
@@ -306,7 +307,7 @@ class SharedConnection:
             return self.fail(RedisConnectionError(_SERVER_CLOSED))
         self.progress = time.monotonic()
         try:
-            self._reader.feed(self._buffer, 0, received)
+            self._reader.feed(self._buffer, 0, received)  # type: ignore[arg-type]
             self._deliver_replies()
         except BaseException as error:  # a bug must fail this connection loudly, never reach the hub
             logger.exception("pool %r: shared connection to %s failed", self.mux.pool.name, self._address)
@@ -396,7 +397,7 @@ class SharedConnection:
                 return self.fail(RedisConnectionError(_SERVER_CLOSED))
             self.progress = time.monotonic()
             try:
-                self._reader.feed(buffer, 0, received)
+                self._reader.feed(buffer, 0, received)  # type: ignore[arg-type]
                 self._deliver_replies()
             except Exception as error:  # noqa: BLE001
                 logger.exception("pool %r: shared connection to %s failed", self.mux.pool.name, self._address)
@@ -490,6 +491,7 @@ class SharedConnection:
             return
         self.alive = False
         _live.discard(self)
+        self.mux._forget(self, gone=True)
         if self._tls:
             for name in ("_read_event", "_write_event"):
                 watcher = getattr(self._gsock, name, None)
@@ -564,10 +566,16 @@ class Multiplexer:
         return raise_error(self.pool, shared, shared.wait(call))
 
     def submit(self, args: Sequence[Any], decode: bool = True) -> Call:
+        """Queue one command; ``wait()`` on the call's shared connection for its reply."""
+        if self._generation != core._fork_generation:
+            return self.pool._forked_mux().submit(args, decode)
         data = pack(args)
         return self.pick(len(data)).submit(data, decode)
 
     def submit_batch(self, packed: Sequence[bytes], decode: bool) -> Call:
+        """Queue a pipeline's commands as one contiguous batch; its replies come back as one list."""
+        if self._generation != core._fork_generation:
+            return self.pool._forked_mux().submit_batch(packed, decode)
         data = b"".join(packed)
         return self.pick(len(data), len(packed)).submit(data, decode, len(packed))
 
@@ -833,7 +841,7 @@ class Multiplexer:
     def forget(self) -> None:
         """In a forked child: stop watching every inherited socket (the pool forgets the connections)."""
         self.closed = True
-        for shared in self._alive:
+        for shared in list(self._alive):
             shared._forked()
         self._conns, self._alive = [], []
         if self._timer is not None:

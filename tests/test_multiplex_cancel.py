@@ -346,12 +346,14 @@ def test_forked_child_never_reads_the_parents_shared_socket(make_pool, redis_url
 
     def child():
         gevent.sleep(0.5)  # the parent's reply arrives meanwhile: the child must not take it
+        via_handle = redis.Redis(connection_pool=p).get("own:9").decode()  # the per-call handle path too
         return {"id": PooledRedis(connection_pool=p).client_id(), "value": r.get("own:8").decode(),
-                "shared": p.get_stats()[S.MUX_CONNECTIONS_NUM]}
+                "handle": via_handle, "shared": p.get_stats()[S.MUX_CONNECTIONS_NUM]}
 
     report = run_in_child(child)
     assert pending.get(timeout=5) == b"parent-reply"
-    assert report["value"] == "own:8" and report["shared"] == 1 and report["id"] != parent_id
+    assert (report["value"], report["handle"], report["shared"]) == ("own:8", "own:9", 1)
+    assert report["id"] != parent_id
     assert shared_id(p) == parent_id and stat(p, S.MUX_CONNECTIONS_NUM) == 1
     assert_own_replies(p)
 

@@ -201,6 +201,26 @@ def test_never_shared_commands_run_on_an_exclusive_connection(mux_pool, monitor,
     assert stats[S.POOL_IN_USE] == 1 and stats[S.REQUESTS_WAITING] == 0  # only the shared one is out
 
 
+def test_shareable_commands_take_no_exclusive_connection(mux_pool, monitor):
+    """Commands that may share never borrow an exclusive connection, whichever client sends them:
+    PooledRedis, redis.Redis (the per-call handle), plain pipelines, p.execute(), scripts, a redis-py Lock."""
+    port, _ = shared_session(mux_pool)
+    before = mux_pool.get_stats()[S.EXCLUSIVE_CHECKOUTS]
+    for client in (PooledRedis(connection_pool=mux_pool), redis.Redis(connection_pool=mux_pool)):
+        client.set("s", "v")
+        assert client.get("s") == b"v" and client.hgetall("nope") == {} and client.incr("n") >= 1
+        assert client.pipeline(transaction=False).get("s").ttl("s").execute() == [b"v", -1]
+        assert client.register_script("return ARGV[1]")(args=["x"]) == b"x"
+        with client.lock("lock", timeout=5):
+            assert client.exists("lock") == 1
+    assert mux_pool.execute("GET", "s") == b"v"
+    assert mux_pool.get_stats()[S.EXCLUSIVE_CHECKOUTS] == before
+    marker = f"marker-{next(_markers)}"
+    mux_pool.execute("ECHO", marker)
+    wait_until(lambda: monitor.ports_of(f"ECHO {marker}"), what="the MONITOR to catch up")
+    assert monitor.ports_of("SET s") == monitor.ports_of("EVALSHA") == {port}
+
+
 def test_shareable_pipeline_is_one_contiguous_batch_on_the_shared_connection(mux_pool, monitor):
     """A non-transactional pipeline of commands that may share goes to the shared connection as one
     contiguous batch: while other greenlets hammer the same connection, none of their commands lands
