@@ -31,14 +31,13 @@ import ssl
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Deque, List, Optional, Sequence
 
 import gevent
 import hiredis
 from gevent.event import AsyncResult, Event
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent
-from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -87,7 +86,7 @@ class Raised:
 class Call:
     """One command (or one pipeline batch) on a shared connection, and the greenlet waiting for its reply."""
 
-    __slots__ = ("waiter", "decode", "left", "replies", "data", "state", "shared")
+    __slots__ = ("waiter", "decode", "left", "replies", "data", "state", "shared", "internal")
 
     def __init__(self, waiter: Waiter, data: bytes, decode: bool, count: int, shared: "SharedConnection") -> None:
         self.waiter = waiter
@@ -97,6 +96,7 @@ class Call:
         self.replies: Optional[List[Any]] = None if count == 1 else []
         self.state = UNSENT
         self.shared = shared
+        self.internal = False  # the pool's own (a health-check PING): no caller behind it
 
 
 def pack(args: Sequence[Any]) -> bytes:
@@ -134,7 +134,6 @@ class SharedConnection:
         self.alive = True
         self.retiring = False  # takes no new calls; discarded once its replies are in
         self._retire_reason = "retired"
-        self.checking: Optional[AsyncResult] = None  # a health-check PING in flight
         self._unsent: List[Call] = []
         self._sent: Deque[Call] = deque()
         self._out: Deque[Any] = deque()  # committed bytes the kernel has not taken yet, oldest first
@@ -359,6 +358,9 @@ class SharedConnection:
 
     def _check_unsolicited(self) -> None:
         """Nobody waits for a reply: any complete reply now (other than a push message) breaks the protocol."""
+        has_data = getattr(self._reader, "has_data", None)
+        if has_data is not None and not has_data():
+            return
         while True:
             try:
                 reply = self._reader.gets()
@@ -440,7 +442,7 @@ class SharedConnection:
         calls = list(self._sent) + [c for c in self._unsent if c.state == UNSENT]
         self._sent.clear()
         self._unsent = []
-        waiting = sum(1 for call in calls if call.state in (SENT, UNSENT))
+        waiting = sum(1 for call in calls if call.state in (SENT, UNSENT) and not call.internal)
         if not waiting and reason == "error":
             reason = "lost"  # nobody was waiting on it (the server closed an idle connection, say)
         self._finish(reason, error, waiting)
@@ -553,7 +555,7 @@ class Multiplexer:
         self.reset_counters()
 
     def reset_counters(self) -> None:
-        self.commands = self.batches = self.dropped = self.cancelled_unsent = self.opens = 0
+        self.commands = self.batches = self.dropped = self.cancelled_unsent = self.opens = self.open_attempts = 0
 
     # -- calling ------------------------------------------------------------------------------------------
     def execute(self, args: Sequence[Any], decode: bool = True) -> Any:
@@ -642,24 +644,20 @@ class Multiplexer:
         return best
 
     def _healthy(self, shared: SharedConnection) -> bool:
-        """An idle connection past ``health_check_interval`` answers a PING through its FIFO before it is used."""
+        """An idle connection past ``health_check_interval`` answers a PING through its FIFO before it is used
+        (callers arriving meanwhile queue behind the PING). A failed check replaces the connection, and the
+        caller picks again: its own command was not sent."""
         if self._fresh(shared):
             return shared.alive and not shared.retiring
-        pending = shared.checking
-        if pending is not None:
-            return bool(pending.get())
-        pending = shared.checking = AsyncResult()
-        ok = False
         try:
-            call = shared.submit(_PING, False)
-            ok = shared.wait(call) == b"PONG"
-        except Exception as error:  # noqa: BLE001 - a dead connection is replaced, its error is not the caller's
+            ping = shared.submit(_PING, False)
+            ping.internal = True
+            ok = shared.wait(ping) == b"PONG"
+        except Exception as error:  # noqa: BLE001 - a dead connection is replaced; its error is not the caller's
             logger.info("pool %r: health check of a shared connection failed (%s)", self.pool.name, error)
-        finally:
-            shared.checking = None
-            if not ok and shared.alive:
-                shared.fail(RedisConnectionError("Bad response from PING health check"), "lost")
-            pending.set(ok)
+            ok = False
+        if not ok and shared.alive:
+            shared.fail(RedisConnectionError("Bad response from PING health check"), "lost")
         return ok
 
     # -- opening ------------------------------------------------------------------------------------------
@@ -693,6 +691,7 @@ class Multiplexer:
 
     def _open(self, result: AsyncResult) -> None:
         pool = self.pool
+        self.open_attempts += 1  # a checkout of the pool's, but not an exclusive one
         try:
             conn = pool.getconn()
             slot = pool._borrowed[conn]
@@ -879,5 +878,3 @@ def decode_reply(reply: Any, encoding: str, errors: str) -> Any:
         return {decode_reply(k, encoding, errors): decode_reply(v, encoding, errors) for k, v in reply.items()}
     return reply
 
-
-_unused: Callable[..., Any] = HiredisRespSerializer  # the packer ``pack`` mirrors (kept importable for tests)

@@ -312,7 +312,7 @@ class RedisPool(Pool, ConnectionPoolInterface):
             values[S.MUX_REPLIES_DROPPED] = mux.dropped
             values[S.MUX_CANCELLED_UNSENT] = mux.cancelled_unsent
             values[S.MUX_CONNECTIONS_NUM] = mux.opens
-            values[S.EXCLUSIVE_CHECKOUTS] = values[S.REQUESTS_NUM] - mux.opens
+            values[S.EXCLUSIVE_CHECKOUTS] = max(0, values[S.REQUESTS_NUM] - mux.open_attempts)
         else:
             values[S.EXCLUSIVE_CHECKOUTS] = values[S.REQUESTS_NUM]
         return values

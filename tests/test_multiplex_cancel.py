@@ -377,6 +377,27 @@ def test_idle_shared_connection_is_pinged_before_use(make_pool, redis_url, admin
     assert shared_id(p) != first and stat(p, S.MUX_CONNECTIONS_NUM) == 2
 
 
+@pytest.mark.timing
+def test_failed_health_check_replaces_the_connection_before_the_command_is_sent(make_pool, redis_url, admin,
+                                                                               own_keys):
+    """An idle shared connection whose PING gets no answer within socket_timeout (the server paused) is
+    replaced; the caller's command was never sent on it: it runs once, on the new connection, with no error."""
+    # The PING fails after 0.4-0.5 s (socket_timeout, checked every 0.1 s); the pause ends at 0.6 s, well
+    # within the new connection's own socket_timeout for its handshake.
+    p = make_pool(redis_url, health_check_interval=0.2, socket_timeout=0.4, socket_connect_timeout=3)
+    r = PooledRedis(connection_pool=p)
+    first = shared_id(p)
+    gevent.sleep(0.3)
+    admin.config_resetstat()
+    admin.execute_command("CLIENT", "PAUSE", 600, "ALL")
+    started = time.monotonic()
+    assert r.get("own:0") == b"own:0"
+    assert 0.55 <= time.monotonic() - started < 0.6 + 1.0
+    assert calls(admin, "get") == 1
+    assert stat(p, S.CONNECTIONS_LOST) == 1 and stat(p, S.MUX_CONNECTIONS_NUM) == 2
+    assert shared_id(p) != first
+
+
 def test_shared_connection_is_recycled_after_max_lifetime(make_pool, redis_url, own_keys):
     """Past max_lifetime a shared connection takes no new commands, finishes what it owes and is replaced."""
     p = make_pool(redis_url, max_lifetime=0.5)
