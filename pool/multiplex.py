@@ -619,6 +619,10 @@ class Multiplexer:
         while True:
             if self.closed or pool._closed:
                 raise PoolClosed(f"pool {pool.name!r} is closed")
+            if self._capacity_waiters and not queued:  # others wait for room already: behind them
+                self._wait_capacity(deadline, front=False)
+                queued = True
+                continue
             chosen = self._choose(size, count)
             if chosen is not None:
                 if chosen.owed or self._healthy(chosen):
@@ -690,21 +694,13 @@ class Multiplexer:
         return result
 
     def _open(self, result: AsyncResult) -> None:
-        pool = self.pool
+        """In its own greenlet: borrow a slot from the pool (handshake included) and make it a shared connection."""
         self.open_attempts += 1  # a checkout of the pool's, but not an exclusive one
         try:
-            conn = pool.getconn()
-            slot = pool._borrowed[conn]
-            slot.leak_reported = True  # held for good by the multiplexer: not a leak
-            if self.closed or self._generation != core._fork_generation:
-                pool.discard(conn, None)
-                raise PoolClosed(f"pool {pool.name!r} is closed")
-            shared = SharedConnection(self, conn, slot.expires)
-            self.socket_timeout = conn.socket_timeout
-            self._tick = 1.0 if not self.socket_timeout else min(1.0, max(0.005, self.socket_timeout / 4))
+            shared = self._take_over(self.pool.getconn())
         except BaseException as error:
             result.set_exception(error if isinstance(error, Exception) else PoolError(
-                f"pool {pool.name!r}: opening a shared connection was interrupted"))
+                f"pool {self.pool.name!r}: opening a shared connection was interrupted"))
             if not isinstance(error, Exception):
                 raise
         else:
@@ -717,6 +713,22 @@ class Multiplexer:
             if self._first is result:
                 self._first = None
             self._wake_capacity()
+
+    def _take_over(self, conn: Any) -> SharedConnection:
+        """Drive ``conn``'s socket from now on; on any failure the slot goes back to the pool, closed."""
+        pool = self.pool
+        try:
+            if self.closed or self._generation != core._fork_generation:
+                raise PoolClosed(f"pool {pool.name!r} is closed")
+            slot = pool._borrowed[conn]
+            slot.leak_reported = True  # held for good by the multiplexer: not a leak
+            shared = SharedConnection(self, conn, slot.expires)
+        except BaseException:
+            pool.discard(conn, None)
+            raise
+        self.socket_timeout = conn.socket_timeout
+        self._tick = 1.0 if not self.socket_timeout else min(1.0, max(0.005, self.socket_timeout / 4))
+        return shared
 
     # -- waiting for room -------------------------------------------------------------------------------
     def _wait_capacity(self, deadline: Optional[float], front: bool) -> None:
