@@ -20,7 +20,7 @@ from redis.utils import SENTINEL
 
 from .commands import may_share
 from .errors import PoolError
-from .multiplex import Call, Raised, decode_reply, pack, raise_error
+from .shared import Call, Raised, decode_reply, pack, raise_error
 
 if TYPE_CHECKING:
     from .redis_pool import RedisPool
