@@ -53,7 +53,7 @@ class SharedHandle:
     # -- the commands --------------------------------------------------------------------------------------
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         if self._exclusive is None and may_share(args):
-            self._calls.append(self._pool._mux.submit(args, NEVER_DECODE not in kwargs))
+            self._calls.append(self._pool._forked_mux().submit(args, NEVER_DECODE not in kwargs))
             return
         self.exclusive().send_command(*args, **kwargs)
 
@@ -69,7 +69,7 @@ class SharedHandle:
                 # Parsed without decoding when the pool decodes: each reply is decoded when read, unless
                 # the caller reads it with disable_decoding (NEVER_DECODE commands in a pipeline).
                 decode = not self._pool.get_encoder().decode_responses
-                self._calls.append(self._pool._mux.submit_batch(command.packed, decode))
+                self._calls.append(self._pool._forked_mux().submit_batch(command.packed, decode))
                 return
             command = self._exclusive.pack_commands(command.commands)
         self.exclusive().send_packed_command(command, check_health=check_health)

@@ -6,6 +6,9 @@ slot) only when all open ones are busy. It bounds the replies owed and the bytes
 queues callers beyond those bounds in arrival order under the pool's checkout ``timeout`` and
 ``max_waiting``. One timer fails connections whose replies are owed past ``socket_timeout`` and, about once
 a second, retires connections past their lifetime (and lets the pool check them: Sentinel).
+
+``MultiplexedPool`` is the pool's side (a mixin of ``RedisPool``): the options, ``execute()``, the hooks a
+subclass may override, and how close, fork and stats take the shared connections into account.
 """
 import logging
 import time
@@ -20,13 +23,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import core
 from . import stats as S
+from .commands import may_share
+from .core import _check_number
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .shared import Call, SharedConnection, _copy, pack, raise_error
 
 if TYPE_CHECKING:
     from .redis_pool import RedisPool
 
-__all__ = ["Multiplexer"]
+__all__ = ["MultiplexedPool", "Multiplexer"]
 
 logger = logging.getLogger("pool")
 
@@ -363,3 +368,104 @@ class Multiplexer:
 
     def __repr__(self) -> str:
         return f"<Multiplexer size={len(self._conns)}/{self.size} in_flight={self.in_flight()} waiting={self.waiting}>"
+
+
+class MultiplexedPool:
+    """``RedisPool``'s multiplexing (see ``RedisPool``'s docstring for the options); a mixin before ``Pool``."""
+
+    multiplex = 0
+    _mux: Optional[Multiplexer] = None
+
+    def _configure_multiplex(self, multiplex: int, max_size: int, max_in_flight: int, max_queued_bytes: int) -> None:
+        """Validate and keep the options; called before ``Pool.__init__``, whose ``_reset_state`` builds the
+        multiplexer."""
+        _check_number("multiplex", multiplex, integer=True)
+        if multiplex and multiplex >= max_size:
+            raise ValueError(f"multiplex ({multiplex}) must be below max_size ({max_size}): exclusive commands "
+                             "(transactions, blocking commands, pub/sub) need connections of their own")
+        _check_number("multiplex_max_in_flight", max_in_flight, minimum=1, integer=True)
+        _check_number("multiplex_max_queued_bytes", max_queued_bytes, minimum=1, integer=True)
+        self.multiplex = multiplex
+        self.multiplex_max_in_flight = max_in_flight
+        self.multiplex_max_queued_bytes = max_queued_bytes
+
+    def _reset_state(self) -> None:
+        super()._reset_state()  # type: ignore[misc]
+        old = self._mux
+        if old is not None:
+            old.forget()  # a forked child: stop watching the parent's sockets (the core forgets them)
+        self._mux = None
+        if self.multiplex:
+            self._mux = Multiplexer(self, self.multiplex, self.multiplex_max_in_flight,  # type: ignore[arg-type]
+                                    self.multiplex_max_queued_bytes)
+
+    def _forked_mux(self) -> Multiplexer:
+        """The multiplexer of this process (the pool is rebuilt first if it was inherited across fork)."""
+        pool: Any = self
+        if pool._generation != core._fork_generation:
+            pool._after_fork()
+        if self._mux is None:
+            raise PoolClosed(f"pool {pool.name!r} is closed")
+        return self._mux
+
+    def execute(self, *args: Any, never_decode: bool = False) -> Any:
+        """Run one command and return its reply as ``read_response()`` does (no response callbacks); an error
+        reply is raised. On a multiplexed pool a command that may share goes to a shared connection (the
+        fastest path: no client layers); any other command borrows an exclusive connection for the call.
+        Timeouts, ``PoolClosed`` and cancellation behave as for ``connection()``."""
+        mux = self._mux
+        if mux is not None and may_share(args):
+            return mux.execute(args, not never_decode)
+        with self.connection() as conn:  # type: ignore[attr-defined]
+            conn.send_command(*args)
+            return conn.read_response(disable_decoding=never_decode)
+
+    # -- hooks ----------------------------------------------------------------------------------------------
+    def _getconn_exclusive(self) -> Any:
+        """A connection for one caller alone (a SharedHandle moving off the shared path)."""
+        return self.getconn()  # type: ignore[attr-defined]
+
+    def _shared_error(self, shared: Optional[SharedConnection], error: BaseException) -> BaseException:
+        """The exception to raise for an error reply that came on a shared connection (SentinelRedisPool
+        turns READONLY into a ConnectionError and retires the connection)."""
+        return error
+
+    def _maintain_shared(self, shared_connections: Sequence[SharedConnection]) -> None:
+        """About once a second while shared connections are open: a subclass may retire some."""
+
+    # -- lifecycle and stats ------------------------------------------------------------------------------------
+    def close(self, timeout: Optional[float] = 5.0) -> None:
+        """Close the pool (see ``Pool.close``). Shared connections take no new commands at once; the replies
+        they owe may arrive until the deadline, after which their callers get ``PoolClosed``."""
+        pool: Any = self
+        mux = self._mux
+        if mux is not None and pool._generation == core._fork_generation and not pool._closed:
+            mux.close()
+        super().close(timeout)  # type: ignore[misc]
+
+    def _force_close_borrowed(self) -> None:
+        mux = self._mux
+        if mux is not None:
+            mux.abort(PoolClosed(f"pool {self.name!r} closed before the reply arrived"))  # type: ignore[attr-defined]
+        super()._force_close_borrowed()  # type: ignore[misc]
+
+    def get_stats(self) -> dict:
+        values = super().get_stats()  # type: ignore[misc]
+        mux = self._mux
+        if mux is not None:
+            values[S.REQUESTS_WAITING] += mux.waiting
+            values[S.MUX_COMMANDS] = mux.commands
+            values[S.MUX_BATCHES] = mux.batches
+            values[S.MUX_REPLIES_DROPPED] = mux.dropped
+            values[S.MUX_CANCELLED_UNSENT] = mux.cancelled_unsent
+            values[S.MUX_CONNECTIONS_NUM] = mux.opens
+            values[S.EXCLUSIVE_CHECKOUTS] = max(0, values[S.REQUESTS_NUM] - mux.open_attempts)
+        else:
+            values[S.EXCLUSIVE_CHECKOUTS] = values[S.REQUESTS_NUM]
+        return values
+
+    def pop_stats(self) -> dict:
+        values = super().pop_stats()  # type: ignore[misc]
+        if self._mux is not None:
+            self._mux.reset_counters()
+        return values

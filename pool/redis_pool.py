@@ -12,14 +12,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .client import PooledRedis
-from .commands import may_share
 from .connection import tracked_class
 from .core import Pool, _check_number
-from .errors import PoolClosed, PoolError
+from .errors import PoolError
 from .handle import SharedHandle
-from .multiplex import Multiplexer
-from . import core
-from . import stats as S
+from .multiplex import MultiplexedPool
 
 __all__ = ["RedisPool"]
 
@@ -31,7 +28,7 @@ _URL_OPTIONS = {
 _NOT_A_NAME_CHAR = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
-class RedisPool(Pool, ConnectionPoolInterface):
+class RedisPool(MultiplexedPool, Pool, ConnectionPoolInterface):
     """A greenlet-safe pool of redis-py connections that ``redis.Redis(connection_pool=...)`` accepts.
 
     Pool options are the core ``Pool``'s plus ``health_check_interval`` (default 30 s: a connection idle
@@ -77,11 +74,7 @@ class RedisPool(Pool, ConnectionPoolInterface):
         if max_size is None:  # redis-py callers (RedisCluster) say max_connections
             max_size = 10 if max_connections is None else max_connections
         _check_number("health_check_interval", health_check_interval)  # also refuses NaN
-        _check_multiplex(multiplex, max_size, multiplex_max_in_flight, multiplex_max_queued_bytes)
-        self.multiplex = multiplex  # read by _reset_state (called by Pool.__init__) to build the multiplexer
-        self.multiplex_max_in_flight = multiplex_max_in_flight
-        self.multiplex_max_queued_bytes = multiplex_max_queued_bytes
-        self._mux = None
+        self._configure_multiplex(multiplex, max_size, multiplex_max_in_flight, multiplex_max_queued_bytes)
         super().__init__(max_size=max_size, min_size=min_size, timeout=timeout, max_waiting=max_waiting,
                          max_lifetime=max_lifetime, max_idle=max_idle, leak_threshold=leak_threshold, name=name)
         self.health_check_interval = health_check_interval
@@ -97,48 +90,6 @@ class RedisPool(Pool, ConnectionPoolInterface):
         self._encoder = None
         self._client_template = None
         self._lock = threading.RLock()  # redis-py's cluster client holds it around disconnect_free_connections()
-
-    # -- multiplexing -------------------------------------------------------------------------------
-    def _reset_state(self):
-        super()._reset_state()
-        old = getattr(self, "_mux", None)
-        if old is not None:
-            old.forget()  # a forked child: stop watching the parent's sockets (the core forgets them)
-        if getattr(self, "multiplex", 0):
-            self._mux = Multiplexer(self, self.multiplex, self.multiplex_max_in_flight,
-                                    self.multiplex_max_queued_bytes)
-
-    def _forked_mux(self):
-        """The multiplexer of this process (the pool is rebuilt first if it was inherited across fork)."""
-        if self._generation != core._fork_generation:
-            self._after_fork()
-        if self._mux is None:
-            raise PoolClosed(f"pool {self.name!r} is closed")
-        return self._mux
-
-    def execute(self, *args, never_decode=False):
-        """Run one command and return its reply as ``read_response()`` does (no response callbacks); an error
-        reply is raised. On a multiplexed pool a command that may share goes to a shared connection (the
-        fastest path: no client layers); any other command borrows an exclusive connection for the call.
-        Timeouts, ``PoolClosed`` and cancellation behave as for ``connection()``."""
-        mux = self._mux
-        if mux is not None and may_share(args):
-            return mux.execute(args, not never_decode)
-        with self.connection() as conn:
-            conn.send_command(*args)
-            return conn.read_response(disable_decoding=never_decode)
-
-    def _getconn_exclusive(self):
-        """A connection for one caller alone (a SharedHandle moving off the shared path)."""
-        return self.getconn()
-
-    def _shared_error(self, shared, error):
-        """The exception to raise for an error reply that came on a shared connection (SentinelRedisPool
-        turns READONLY into a ConnectionError and retires the connection)."""
-        return error
-
-    def _maintain_shared(self, shared_connections):
-        """About once a second while shared connections are open: a subclass may retire some."""
 
     # -- resource hooks -------------------------------------------------------------------------------
     def _open(self):
@@ -287,55 +238,10 @@ class RedisPool(Pool, ConnectionPoolInterface):
             return connection._pool is self
         return connection in self._borrowed
 
-    # -- lifecycle and stats with multiplexing ----------------------------------------------------------------
-    def close(self, timeout=5.0):
-        """Close the pool (see ``Pool.close``). Shared connections take no new commands at once; the replies
-        they owe may arrive until the deadline, after which their callers get ``PoolClosed``."""
-        mux = self._mux
-        if mux is not None and self._generation == core._fork_generation and not self._closed:
-            mux.close()
-        super().close(timeout)
-
-    def _force_close_borrowed(self):
-        mux = self._mux
-        if mux is not None:
-            mux.abort(PoolClosed(f"pool {self.name!r} closed before the reply arrived"))
-        super()._force_close_borrowed()
-
-    def get_stats(self):
-        values = super().get_stats()
-        mux = self._mux
-        if mux is not None:
-            values[S.REQUESTS_WAITING] += mux.waiting
-            values[S.MUX_COMMANDS] = mux.commands
-            values[S.MUX_BATCHES] = mux.batches
-            values[S.MUX_REPLIES_DROPPED] = mux.dropped
-            values[S.MUX_CANCELLED_UNSENT] = mux.cancelled_unsent
-            values[S.MUX_CONNECTIONS_NUM] = mux.opens
-            values[S.EXCLUSIVE_CHECKOUTS] = max(0, values[S.REQUESTS_NUM] - mux.open_attempts)
-        else:
-            values[S.EXCLUSIVE_CHECKOUTS] = values[S.REQUESTS_NUM]
-        return values
-
-    def pop_stats(self):
-        values = super().pop_stats()
-        if self._mux is not None:
-            self._mux.reset_counters()
-        return values
-
     def __repr__(self):
         base = super().__repr__()
         shared = f" multiplex={self.multiplex}" if self.multiplex else ""
         return f"{base[:-1]}{shared} target={_describe_target(self.connection_kwargs)}>"
-
-
-def _check_multiplex(multiplex, max_size, max_in_flight, max_queued_bytes):
-    _check_number("multiplex", multiplex, integer=True)
-    if multiplex and multiplex >= max_size:
-        raise ValueError(f"multiplex ({multiplex}) must be below max_size ({max_size}): exclusive commands "
-                         "(transactions, blocking commands, pub/sub) need connections of their own")
-    _check_number("multiplex_max_in_flight", max_in_flight, minimum=1, integer=True)
-    _check_number("multiplex_max_queued_bytes", max_queued_bytes, minimum=1, integer=True)
 
 
 def _describe_target(kwargs):
