@@ -456,7 +456,8 @@ def main(argv=None):
     parser.add_argument("--concurrent-reps", type=int, default=7, help="reps of the 200-greenlet case (default 7)")
     parser.add_argument("--concurrent-n", type=int, default=40_000,
                         help="commands per rep and case in the 200-greenlet case (default 40000)")
-    parser.add_argument("--multiplex", type=int, default=2, help="shared connections of the multiplexed pool (default 2)")
+    parser.add_argument("--multiplex", type=int, default=2,
+                        help="shared connections of the multiplexed pool (default 2)")
     parser.add_argument("--profile-concurrent", type=int, default=0, metavar="N",
                         help="also cProfile N commands of the multiplexed PooledRedis case (default 0 = skip)")
     args = parser.parse_args(argv)

@@ -6,8 +6,8 @@ another command shows at once. The mix: GETs through ``PooledRedis`` (the direct
 ``redis.Redis`` (the per-call handle) and ``p.execute()`` (raw); error replies (LPUSH on a string:
 WRONGTYPE, which must reach its own caller only); large replies; scripts (EVALSHA of a script the server
 has not seen: NOSCRIPT, SCRIPT LOAD, EVALSHA again; and EVAL); non-transactional pipelines (one batch on a
-shared connection) and MULTI/EXEC pipelines (exclusive). Cancellation: ``gevent.Timeout`` of 0 to 1 ms around a request, and
-``kill()`` from a killer greenlet aimed mostly at greenlets waiting for a shared reply.
+shared connection) and MULTI/EXEC pipelines (exclusive). Cancellation: ``gevent.Timeout`` of 0 to 1 ms
+around a request, and ``kill()`` from a killer greenlet aimed mostly at greenlets waiting for a shared reply.
 
 CI runs ``TORTURE_COMMANDS`` (default 100,000) commands; ``--run-slow`` adds ``TORTURE_COMMANDS_SLOW``
 (at least 1,000,000).
