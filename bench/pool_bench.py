@@ -1,6 +1,7 @@
 """Micro benchmark: pool borrow+return cost and per-command cost, with baselines measured in the same run.
 
 Run: ``python -m bench.pool_bench [--reps 7] [--n 50000] [--cmd-n 10000] [--max-seconds 0.5] [--json PATH]``
+(``--concurrent-only`` for the 200-greenlet case alone, see below).
 
 It starts a private ``redis-server`` on a free loopback port (never 6379), writes one 10-field hash with
 20-byte values, and times, interleaved across repetitions (each rep bounded by a count and by a time):
@@ -14,7 +15,12 @@ It starts a private ``redis-server`` on a free loopback port (never 6379), write
   ``redis.Redis`` on redis-py's stock ``ConnectionPool``;
 
 then cProfiles the ``redis.Redis(connection_pool=RedisPool)`` path to show where its time goes.
-Everything runs in one greenlet: this measures CPU cost per operation, not behaviour under contention.
+Those run in one greenlet: they measure CPU cost per operation, not behaviour under contention.
+
+The concurrent case (``bench/concurrency.py``, issue 12) runs last: 200 greenlets doing HGETALL through
+redis-py's ``ConnectionPool``, ``RedisPool`` exclusive (``PooledRedis`` and raw) and multiplexed
+(``PooledRedis`` and ``p.execute()``), with throughput and the CPU per command of this process and of
+redis-server, then one greenlet alone multiplexed against exclusive, and the issue's targets.
 """
 from gevent import monkey
 
@@ -40,6 +46,7 @@ import gevent.queue  # noqa: E402
 import redis  # noqa: E402
 from redis.connection import BlockingConnectionPool, Connection, ConnectionPool  # noqa: E402
 
+from bench import concurrency  # noqa: E402
 from pool import PooledRedis, RedisPool  # noqa: E402
 from pool.connection import tracked_class  # noqa: E402
 from pool.server import RedisProcess, free_port  # noqa: E402
@@ -430,6 +437,16 @@ def main(argv=None):
     parser.add_argument("--profile-timer", choices=("cpu", "wall"), default="cpu",
                         help="cProfile timer: process CPU time (default; robust on a busy machine) or wall clock")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    # -- the concurrent case (issue 12) --
+    parser.add_argument("--concurrent-only", action="store_true", help="run only the 200-greenlet case")
+    parser.add_argument("--skip-concurrent", action="store_true", help="leave the 200-greenlet case out")
+    parser.add_argument("--concurrent-reps", type=int, default=7, help="reps of the 200-greenlet case (default 7)")
+    parser.add_argument("--concurrent-n", type=int, default=40_000,
+                        help="commands per rep and case in the 200-greenlet case (default 40000)")
+    parser.add_argument("--multiplex", type=int, default=2,
+                        help="shared connections of the multiplexed pool (default 2)")
+    parser.add_argument("--profile-concurrent", type=int, default=0, metavar="N",
+                        help="also cProfile N commands of the multiplexed PooledRedis case (default 0 = skip)")
     args = parser.parse_args(argv)
     if args.reps < 1 or args.n < 1 or args.cmd_n < 1 or args.max_seconds <= 0:
         parser.error("--reps, --n, --cmd-n and --max-seconds must be positive")
@@ -449,12 +466,21 @@ def main(argv=None):
         setup.close()
         env = environment(port)
 
-        borrow = run_cases(borrow_cases(port, closers), args.reps, args.n, args.max_seconds)
-        cases, ours_redis, _raw = command_cases(port, closers)
-        command = run_cases(cases, args.reps, args.cmd_n, args.max_seconds)
-        prof = profile(ours_redis, args.profile_n, args.profile_timer) if args.profile_n > 0 else None
-        env["loadavg_at_end"] = os.getloadavg()
-        print_report(env, args, borrow, command, prof)
+        borrow = command = prof = concurrent = None
+        if not args.concurrent_only:
+            borrow = run_cases(borrow_cases(port, closers), args.reps, args.n, args.max_seconds)
+            cases, ours_redis, _raw = command_cases(port, closers)
+            command = run_cases(cases, args.reps, args.cmd_n, args.max_seconds)
+            prof = profile(ours_redis, args.profile_n, args.profile_timer) if args.profile_n > 0 else None
+            env["loadavg_at_end"] = os.getloadavg()
+            print_report(env, args, borrow, command, prof)
+        if not args.skip_concurrent:
+            concurrent = concurrency.measure(port, server.pid, KEY, multiplex=args.multiplex,
+                                             reps=args.concurrent_reps, commands=args.concurrent_n,
+                                             profile_n=args.profile_concurrent)
+            env["loadavg_at_end"] = os.getloadavg()
+            print(f"\nconcurrent case (issue 12), load average at end {env['loadavg_at_end'][0]:.2f}")
+            print("\n".join(concurrency.report(concurrent)), flush=True)
         elapsed = time.monotonic() - started
         print(f"(run took {elapsed:.1f}s)")
         if args.json:
@@ -466,6 +492,7 @@ def main(argv=None):
                 "borrow_return": borrow,
                 "hgetall": command,
                 "profile": prof,
+                "concurrent": concurrent,
                 "elapsed_s": elapsed,
             }
             with open(args.json, "w") as f:

@@ -71,6 +71,9 @@ OPTIONS = {
     "leak_threshold": Option(float, none_ok=True),
     "health_check_interval": Option(float, none_ok=True),
     "name": Option(str, none_ok=True),
+    "multiplex": Option(int),  # shared connections; 0: off
+    "multiplex_max_in_flight": Option(int, minimum=1),
+    "multiplex_max_queued_bytes": Option(int, minimum=1),
     "master_check_interval": Option(float, none_ok=True),  # SentinelRedisPool only
     "min_other_sentinels": Option(int),  # SentinelRedisPool only
 }

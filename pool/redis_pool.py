@@ -23,6 +23,8 @@ from .client import DELEGATED, PooledRedis
 from .connection import ReplyTracking, tracked_class
 from .core import Pool
 from .errors import PoolError
+from .handle import SharedHandle
+from .multiplex import MultiplexedPool
 from .options import check as check_option
 from .urls import parse_redis_url
 
@@ -38,13 +40,22 @@ __all__ = ["RedisPool"]
 _NOT_A_NAME_CHAR = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
-class RedisPool(Pool[ReplyTracking], ConnectionPoolInterface):
+class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
     """A greenlet-safe pool of redis-py connections that ``redis.Redis(connection_pool=...)`` accepts.
 
     Pool options are the core ``Pool``'s plus ``health_check_interval`` (default 30 s: a connection idle
     longer than this is PINGed at checkout; 0 or None = never). Every other keyword is a redis-py connection
     argument (``host``, ``port``, ``db``, ``password``, ``socket_timeout``, ...). Connections carry the
     client name ``greenpool:<name>``. Commands are never retried: ``retry`` defaults to no retries.
+
+    ``multiplex`` (default 0: off) is the number of shared connections: with ``multiplex=N`` the commands
+    that may share (``pool.commands``) from ``redis.Redis(connection_pool=p)``, ``PooledRedis``,
+    ``RedisCluster`` node clients and ``p.execute()`` are coalesced onto up to N connections, each reply
+    still reaching its own sender; everything else borrows an exclusive connection as without it.
+    N must be below ``max_size`` so exclusive commands still find a connection. Each shared connection
+    owes at most ``multiplex_max_in_flight`` replies (default 1000) and queues at most
+    ``multiplex_max_queued_bytes`` unwritten bytes (default 4 MiB); beyond that callers wait in arrival
+    order under ``timeout`` and ``max_waiting`` (``PoolTimeout``, ``TooManyRequests``, ``PoolClosed``).
     """
 
     _URL_KIND, _URL_KINDS = "redis", "redis://, rediss:// or unix://"
@@ -68,10 +79,13 @@ class RedisPool(Pool[ReplyTracking], ConnectionPoolInterface):
                  min_size: int = 0, timeout: float | None = 5.0, max_waiting: int = 0,
                  health_check_interval: float | None = 30.0, max_lifetime: float | None = 3600.0,
                  max_idle: float | None = 600.0, leak_threshold: float | None = None, name: str | None = None,
-                 max_connections: int | None = None, **connection_kwargs: Any) -> None:
+                 max_connections: int | None = None, multiplex: int = 0,
+                 multiplex_max_in_flight: int = 1000, multiplex_max_queued_bytes: int = 4 * 1024 * 1024,
+                 **connection_kwargs: Any) -> None:
         if max_size is None:  # redis-py callers (RedisCluster) say max_connections
             max_size = 10 if max_connections is None else max_connections
         check_option("health_check_interval", health_check_interval)
+        self._configure_multiplex(multiplex, max_size, multiplex_max_in_flight, multiplex_max_queued_bytes)
         super().__init__(max_size=max_size, min_size=min_size, timeout=timeout, max_waiting=max_waiting,
                          max_lifetime=max_lifetime, max_idle=max_idle, leak_threshold=leak_threshold, name=name)
         self.health_check_interval = health_check_interval
@@ -163,12 +177,20 @@ class RedisPool(Pool[ReplyTracking], ConnectionPoolInterface):
         return pinned_class
 
     # -- redis-py's ConnectionPoolInterface -------------------------------------------------------------
-    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> ReplyTracking:
-        """Borrow a connection for one command (redis-py's protocol); give it back with ``release()``."""
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        """Borrow a connection for one command (redis-py's protocol); give it back with ``release()``.
+
+        On a multiplexed pool this is a light ``SharedHandle``: commands that may share go to a shared
+        connection, and the handle borrows an exclusive connection before the first one that may not."""
+        if self._mux is not None:
+            return SharedHandle(self)
         return self.getconn()
 
-    def release(self, connection: ReplyTracking) -> None:  # type: ignore[override]  # only ours come back
-        self.putconn(connection)
+    def release(self, connection: Any) -> None:
+        if type(connection) is SharedHandle:
+            connection.release()
+        else:
+            self.putconn(connection)
 
     def get_encoder(self) -> Encoder:
         if self._encoder is None:
@@ -198,12 +220,17 @@ class RedisPool(Pool[ReplyTracking], ConnectionPoolInterface):
             raise ValueError("maintenance notifications are not supported by RedisPool")
 
     def disconnect(self, inuse_connections: bool = True) -> None:
-        """Close idle connections (and borrowed ones too, if asked); the pool stays open."""
+        """Close idle connections (and borrowed ones too, if asked); the pool stays open. Shared connections
+        are retired: they take no new commands, and close once the replies they owe have arrived."""
         for slot in list(self._idle.queue):
             slot.resource.disconnect()
+        mux = self._mux
         if inuse_connections:
             for connection in list(self._borrowed):
-                connection.disconnect()
+                if mux is None or not mux.owns(connection):
+                    connection.disconnect()
+        if mux is not None:
+            mux.retire_all()
 
     def set_retry(self, retry: Retry) -> None:
         self.connection_kwargs["retry"] = retry
@@ -220,11 +247,14 @@ class RedisPool(Pool[ReplyTracking], ConnectionPoolInterface):
                 (len(self._borrowed), dict(attributes, state="used"))]
 
     def owns_connection(self, connection: Any) -> bool:
+        if type(connection) is SharedHandle:
+            return connection._pool is self
         return connection in self._borrowed
 
     def __repr__(self) -> str:
         base = super().__repr__()
-        return f"{base[:-1]} target={_describe_target(self.connection_kwargs)}>"
+        shared = f" multiplex={self.multiplex}" if self.multiplex else ""
+        return f"{base[:-1]}{shared} target={_describe_target(self.connection_kwargs)}>"
 
 
 def _describe_target(kwargs: dict[str, Any]) -> str:

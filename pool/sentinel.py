@@ -205,6 +205,24 @@ class SentinelRedisPool(RedisPool):
         finally:
             self._refresher = None
 
+    # -- shared connections (multiplex=N) ----------------------------------------------------------------
+    def _shared_error(self, shared, error):
+        """READONLY on a shared connection: that caller gets a ConnectionError, the connection takes no more
+        commands (the others' replies still arrive), and the sentinels are asked again at once."""
+        if not isinstance(error, ReadOnlyError) or shared is None:
+            return error
+        address = (shared.conn.host, shared.conn.port)
+        shared.retire("error")
+        self.master_demoted(address)
+        return RedisConnectionError(f"{address[0]}:{address[1]} is no longer the master of {self.service_name!r}")
+
+    def _maintain_shared(self, shared_connections):
+        """As ``_check`` does at checkout: ask the sentinels now and then; retire connections to a former master."""
+        self._check_in_background()
+        for shared in list(shared_connections):
+            if (shared.conn.host, shared.conn.port) != self._master:
+                shared.retire("lost")
+
     # -- resource hooks -------------------------------------------------------------------------------
     def _check(self, connection: ReplyTracking, idle_for: float) -> bool:
         self._check_in_background()

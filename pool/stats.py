@@ -28,6 +28,13 @@ DISCARDED_RESET = "discarded_reset"  # returned with unread replies or changed s
 DISCARDED_LIFETIME = "discarded_lifetime"  # older than max_lifetime
 DISCARDED_IDLE = "discarded_idle"  # idle longer than max_idle
 LEAKS_REPORTED = "leaks_reported"  # borrows held past leak_threshold
+# Multiplexing (RedisPool(multiplex=N); all 0 when off, but exclusive_checkouts)
+EXCLUSIVE_CHECKOUTS = "exclusive_checkouts"  # connections borrowed for one caller alone (every checkout when off)
+MUX_CONNECTIONS_NUM = "mux_connections_num"  # shared connections opened
+MUX_COMMANDS = "mux_commands"  # commands sent on shared connections
+MUX_BATCHES = "mux_batches"  # writes on shared connections; mux_commands / mux_batches = mean batch size
+MUX_REPLIES_DROPPED = "mux_replies_dropped"  # replies read and dropped: their callers had given up
+MUX_CANCELLED_UNSENT = "mux_cancelled_unsent"  # commands whose callers gave up before they were written: never sent
 
 GAUGES = (POOL_MIN, POOL_MAX, POOL_SIZE, POOL_AVAILABLE, POOL_IN_USE, REQUESTS_WAITING)
 COUNTERS = (
@@ -47,6 +54,12 @@ COUNTERS = (
     DISCARDED_LIFETIME,
     DISCARDED_IDLE,
     LEAKS_REPORTED,
+    EXCLUSIVE_CHECKOUTS,
+    MUX_CONNECTIONS_NUM,
+    MUX_COMMANDS,
+    MUX_BATCHES,
+    MUX_REPLIES_DROPPED,
+    MUX_CANCELLED_UNSENT,
 )
 # Why a connection was closed -> the counter that records it.
 DISCARD_REASONS = {
