@@ -199,7 +199,9 @@ def measure(args, server, redis_server, all_servers, conns, route, duration):
     seconds = data["duration_us"] / 1e6
     same_workers = set(server.worker_pids()) == set(workers) and all(w0[p] is not None and w1.get(p) for p in workers)
     worker_ticks = sum(w1[p] - w0[p] for p in workers) if same_workers else None
-    per_req = (lambda seconds_cpu: seconds_cpu * 1e6 / ok if ok and seconds_cpu is not None else None)
+    def per_req(seconds_cpu):
+        return seconds_cpu * 1e6 / ok if ok and seconds_cpu is not None else None
+
     record = {
         "target": server.name, "kind": server.kind, "worker_class": server.worker_class, "workers": server.workers,
         "route": route, "conns": conns, "duration_s": seconds,
@@ -388,7 +390,7 @@ def write_chart(rows, path, title):
     fig, axes = plt.subplots(1, len(panels) + (1 if extra else 0), figsize=(6.5 * (len(panels) + bool(extra)), 5),
                              squeeze=False)
     axes = axes[0]
-    for ax, (section, route, label) in zip(axes, panels):
+    for ax, (section, _route, label) in zip(axes, panels, strict=False):
         sel = [r for r in rows if r["section"] == section]
         _bars(ax, sel, label)
     if extra:
@@ -618,7 +620,8 @@ def main(argv=None):
                     retry_spent += args.duration + 1.5
                     time.sleep(1.0)
                     again = measure(args, server, redis_server, order, conns, route, args.duration)
-                    keep, drop = (again, record) if again["foreign_cores"] < record["foreign_cores"] else (record, again)
+                    quieter = again["foreign_cores"] < record["foreign_cores"]
+                    keep, drop = (again, record) if quieter else (record, again)
                     discarded.append(dict(drop, section=section, rep=rep))
                     record = keep
                 record.update(section=section, rep=rep, retries=tries)
@@ -626,7 +629,8 @@ def main(argv=None):
                 extra = f" wrong={record['wrong']}" if route == "checked" else ""
                 print(f"  [{n:>3}/{total}] rep {rep} {section:<7} {target:<20} {route:<7} c={conns:<4} "
                       f"{record['rps_ok']:>7.0f} ok/s  err={record['errors']:<5} >1s={record['slower_than_1s']:<3} "
-                      f"cpu={_f(record['cpu_us_per_req'], '.0f', 4)}us/req  others={record['foreign_cores']:.2f} cores  "
+                      f"cpu={_f(record['cpu_us_per_req'], '.0f', 4)}us/req  "
+                      f"others={record['foreign_cores']:.2f} cores  "
                       f"load={record['loadavg_before'][0]:.2f}{extra}"
                       + (f"  (rerun {tries}x: busy)" if tries else ""), flush=True)
         env["loadavg_at_end"] = os.getloadavg()

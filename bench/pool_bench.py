@@ -93,7 +93,7 @@ def summarize(samples):
 
 def run_cases(cases, reps, n, max_seconds):
     """Interleave the cases (rotating their order each rep) so drift hits them all alike."""
-    for name, op in cases:  # warm up: connections opened, caches and code paths hot
+    for _name, op in cases:  # warm up: connections opened, caches and code paths hot
         time_op(op, min(n, 2000), 0.2)
     wall = {name: [] for name, _ in cases}
     cpu = {name: [] for name, _ in cases}
@@ -205,7 +205,7 @@ def command_cases(port, closers):
         assert op() == expected, "HGETALL returned something unexpected"
     raw_reply = raw_send_read()  # RESP3 (redis-py 8's default) with hiredis: already a dict; RESP2: a flat list
     if not isinstance(raw_reply, dict):
-        raw_reply = dict(zip(raw_reply[::2], raw_reply[1::2]))
+        raw_reply = dict(zip(raw_reply[::2], raw_reply[1::2], strict=False))
     assert raw_reply == expected
 
     return [
@@ -267,7 +267,7 @@ def profile(op, n, timer="cpu"):
     stats = pstats.Stats(profiler)
     total = stats.total_tt
     groups, layers, top = {}, {}, []
-    for (filename, line, funcname), (cc, nc, tt, ct, _callers) in stats.stats.items():
+    for (filename, line, funcname), (_cc, nc, tt, ct, _callers) in stats.stats.items():
         group = _group(filename, funcname)
         groups[group] = groups.get(group, 0.0) + tt
         layers[_layer(group)] = layers.get(_layer(group), 0.0) + tt
@@ -404,7 +404,8 @@ def print_report(env, args, borrow, command, prof):
         values = [r["cpu"]["median"], r["cpu"]["min"], r["median"], r["min"]]
         if minus is not None:
             m = command[minus]
-            values = [a - b for a, b in zip(values, [m["cpu"]["median"], m["cpu"]["min"], m["median"], m["min"]])]
+            base = [m["cpu"]["median"], m["cpu"]["min"], m["median"], m["min"]]
+            values = [a - b for a, b in zip(values, base, strict=True)]
             out.append(f"  {label:<68} {values[0]:>+10.2f} {values[1]:>+8.2f} {values[2]:>+11.2f} {values[3]:>+9.2f}")
         else:
             out.append(f"  {label:<68} {values[0]:>10.2f} {values[1]:>8.2f} {values[2]:>11.2f} {values[3]:>9.2f}")
@@ -428,7 +429,8 @@ def print_report(env, args, borrow, command, prof):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.pool_bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=9, help="repetitions per case, interleaved (default 9, >= 5 advised)")
+    parser.add_argument("--reps", type=int, default=9,
+                        help="repetitions per case, interleaved (default 9, >= 5 advised)")
     parser.add_argument("--n", type=int, default=50_000, help="borrow+return iterations per rep (default 50000)")
     parser.add_argument("--cmd-n", type=int, default=5_000, help="commands per rep (default 5000)")
     parser.add_argument("--max-seconds", type=float, default=0.4,

@@ -131,7 +131,8 @@ def print_row_progress(row):
 
 
 def markdown_table(rows):
-    lines = ["| scenario | requests sent | succeeded | expected errors | unexpected errors | crossed replies | recovery time |",
+    lines = ["| scenario | requests sent | succeeded | expected errors | unexpected errors | crossed replies "
+             "| recovery time |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         recovery = "-" if row.get("recovery_s") is None else f"{row['recovery_s']:.2f} s"
@@ -322,7 +323,8 @@ class Bench:
         self.finish(svc)
         slow_503 = load.max_latency.get(503, 0.0)
         self.add(summarize("Redis refusing (SIGKILL, down 2 s, restarted)", load, (503,), cleared_at=cleared,
-                           extra={"expected_label": label(load.counts, (503,)), "max_503_latency_s": round(slow_503, 3)},
+                           extra={"expected_label": label(load.counts, (503,)),
+                                  "max_503_latency_s": round(slow_503, 3)},
                            notes=f"slowest 503 {slow_503 * 1000:.0f} ms"))
 
     def sigterm(self, data):
@@ -587,7 +589,8 @@ def main(argv=None):
         info["total_s"] = round(total, 1)
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = Path(args.json) if args.json else RESULTS_DIR / f"reliability-{stamp}{'-quick' if args.quick else ''}.json"
+        suffix = "-quick" if args.quick else ""
+        path = Path(args.json) if args.json else RESULTS_DIR / f"reliability-{stamp}{suffix}.json"
         result = {"command": " ".join(["python -m bench.reliability", *(argv if argv is not None else sys.argv[1:])]),
                   "machine": info, "rows": bench.rows, "all_passed": all(r["pass"] for r in bench.rows)}
         path.write_text(json.dumps(result, indent=2, default=str))

@@ -48,7 +48,7 @@ class PooledRedis(redis.Redis):
             if not self.connection:
                 pool.release(conn)
 
-    def _execute_shared(self, mux, args, options):
+    def _execute_shared(self, mux: Any, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         """``parse_response`` of redis-py, on the reply of a shared connection."""
         try:
             response = mux.execute(args, NEVER_DECODE not in options)

@@ -101,7 +101,8 @@ def cluster_client(startup_nodes: Iterable[ClusterNode | tuple[str, int]], *, ma
     host = f"[{first.host}]" if ":" in first.host else first.host
     kwargs.setdefault("maint_notifications_config", MaintNotificationsConfig(enabled=False))
     return PooledRedisCluster(
-        url=f"{'rediss' if ssl else 'redis'}://{host}:{first.port}",  # the URL form is what makes redis-py use the class
+        # the URL form is what makes redis-py use connection_pool_class
+        url=f"{'rediss' if ssl else 'redis'}://{host}:{first.port}",
         startup_nodes=rest,
         connection_pool_class=NodePoolFactory(pool_class, **(pool_options or {})),
         max_connections=max_connections,

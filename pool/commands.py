@@ -22,7 +22,8 @@ script, and scripts cannot block. Subcommands are judged one by one (``CLIENT ID
 SETNAME`` does not). ``SWAPDB`` shares: it swaps datasets for every client alike, the connection's
 own db number is untouched.
 """
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Sequence, Set
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 __all__ = ["SHARED_COMMANDS", "SHARED_SUBCOMMANDS", "may_share"]
 
@@ -63,12 +64,12 @@ _SCRIPTS_AND_SERVER = """
     PING ECHO TIME DBSIZE INFO LASTSAVE ROLE FLUSHDB FLUSHALL SWAPDB PUBLISH SPUBLISH
 """
 
-SHARED_COMMANDS: FrozenSet[str] = frozenset(
+SHARED_COMMANDS: frozenset[str] = frozenset(
     " ".join((_STRINGS, _KEYS, _HASHES, _LISTS, _SETS, _SORTED_SETS, _OTHER_TYPES, _SCRIPTS_AND_SERVER)).split()
 )
 """Commands that may always share a connection, whatever their arguments."""
 
-SHARED_SUBCOMMANDS: Dict[str, FrozenSet[str]] = {
+SHARED_SUBCOMMANDS: dict[str, frozenset[str]] = {
     "CLIENT": frozenset("ID INFO GETNAME LIST".split()),
     "SCRIPT": frozenset("LOAD EXISTS FLUSH".split()),
     "FUNCTION": frozenset("LOAD LIST DELETE DUMP RESTORE FLUSH STATS".split()),
@@ -102,15 +103,15 @@ def _no_block(args: Sequence[Any], first_option: int) -> bool:
 
 
 # Commands whose arguments decide; each rule sees the whole argument tuple, command name first.
-_RULES: Dict[str, Callable[[Sequence[Any]], bool]] = {
+_RULES: dict[str, Callable[[Sequence[Any]], bool]] = {
     "XREAD": lambda args: _no_block(args, 1),
     "XREADGROUP": lambda args: _no_block(args, 4),  # XREADGROUP GROUP <group> <consumer> [options] STREAMS ...
 }
 
 
-def _spellings(names: Iterable[str]) -> FrozenSet[Any]:
+def _spellings(names: Iterable[str]) -> frozenset[Any]:
     """Every spelling redis-py or a caller is likely to pass as the first argument: str or bytes, either case."""
-    out: Set[Any] = set()
+    out: set[Any] = set()
     for name in names:
         for text in (name, name.lower()):
             out.add(text)
@@ -119,7 +120,7 @@ def _spellings(names: Iterable[str]) -> FrozenSet[Any]:
 
 
 _JOINED = [f"{container} {sub}" for container, subs in SHARED_SUBCOMMANDS.items() for sub in subs]
-_FAST: FrozenSet[Any] = _spellings(list(SHARED_COMMANDS) + _JOINED)  # redis-py sends "CLIENT LIST" as one word
+_FAST: frozenset[Any] = _spellings(list(SHARED_COMMANDS) + _JOINED)  # redis-py sends "CLIENT LIST" as one word
 
 
 def may_share(args: Sequence[Any]) -> bool:

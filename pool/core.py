@@ -209,7 +209,8 @@ class Pool(Generic[Resource]):
     def _wait(self, timeout: float | None) -> Slot[Resource] | _Permit:
         if self.max_waiting and len(self._waiters) >= self.max_waiting:
             self._counters[S.REQUESTS_REJECTED] += 1
-            raise TooManyRequests(f"pool {self.name!r}: {len(self._waiters)} requests already waiting ({self._counts()})")
+            raise TooManyRequests(
+                f"pool {self.name!r}: {len(self._waiters)} requests already waiting ({self._counts()})")
         waiter = AsyncResult()
         self._waiters.append(waiter)
         self._counters[S.REQUESTS_QUEUED] += 1
@@ -270,7 +271,8 @@ class Pool(Generic[Resource]):
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self._connect_failures - 1, 16)) * random.uniform(0.5, 1.0)
         self._retry_at = time.monotonic() + delay
         self._last_connect_error = f"{type(error).__name__}: {error}"
-        logger.warning("pool %r: connect failed (%s); next attempt in %.3fs", self.name, self._last_connect_error, delay)
+        logger.warning("pool %r: connect failed (%s); next attempt in %.3fs",
+                       self.name, self._last_connect_error, delay)
 
     def _note_borrower(self, slot: Slot[Resource], now: float) -> None:
         slot.borrowed_at = now
@@ -300,7 +302,7 @@ class Pool(Generic[Resource]):
         else:
             self._give_back(slot, now)
 
-    def discard(self, resource: Resource, reason: str = "error") -> None:
+    def discard(self, resource: Resource, reason: str | None = "error") -> None:
         """Close a borrowed resource instead of returning it (its state is unknown) and free its place."""
         slot = self._borrowed.pop(resource, None)
         if slot is not None and self._generation == forks.generation:
@@ -424,7 +426,7 @@ class Pool(Generic[Resource]):
             raise PoolTimeout(f"pool {self.name!r}: min_size {self.min_size} not reached in {timeout}s "
                               f"({self._counts()}; last error: {self._last_connect_error})")
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float | None = 5.0) -> None:
         """Close the pool. Idempotent; in a forked child it only forgets the parent's connections.
 
         New checkouts and queued waiters get ``PoolClosed`` at once; idle connections close now;
@@ -453,7 +455,8 @@ class Pool(Generic[Resource]):
     def _force_close_borrowed(self) -> None:
         borrowed, self._borrowed = self._borrowed, {}
         if borrowed:
-            logger.warning("pool %r: closing %d connection(s) still borrowed at the close deadline", self.name, len(borrowed))
+            logger.warning("pool %r: closing %d connection(s) still borrowed at the close deadline",
+                           self.name, len(borrowed))
         for slot in borrowed.values():
             self._discard_slot(slot, None)
 
@@ -468,7 +471,8 @@ class Pool(Generic[Resource]):
         for resource in inherited:
             with contextlib.suppress(Exception):  # the parent's socket: nothing of ours to clean up if it fails
                 self._forget_resource(resource)
-        logger.info("pool %r: rebuilt after fork in pid %d (%d inherited connections dropped)", self.name, os.getpid(), len(inherited))
+        logger.info("pool %r: rebuilt after fork in pid %d (%d inherited connections dropped)",
+                    self.name, os.getpid(), len(inherited))
 
     # -- introspection --------------------------------------------------------------------------------
     def get_stats(self) -> dict[str, int]:

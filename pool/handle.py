@@ -13,7 +13,8 @@ Any redis-py connection attribute the handle does not implement (``register_conn
 ``_parser``, ``can_read``, ...) also moves it to an exclusive connection and is delegated there.
 """
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from redis.client import NEVER_DECODE
 from redis.utils import SENTINEL
@@ -33,7 +34,7 @@ class _Batch:
 
     __slots__ = ("commands", "packed")
 
-    def __init__(self, commands: List[Any]) -> None:
+    def __init__(self, commands: list[Any]) -> None:
         self.commands = commands
         self.packed = [pack(args) for args in commands]
 
@@ -45,8 +46,8 @@ class SharedHandle:
 
     def __init__(self, pool: "RedisPool") -> None:
         self._pool = pool
-        self._calls: Deque[Call] = deque()  # sent on a shared connection, replies not yet read, oldest first
-        self._ready: Deque[Any] = deque()  # replies already in hand (a batch's, or collected before going exclusive)
+        self._calls: deque[Call] = deque()  # sent on a shared connection, replies not yet read, oldest first
+        self._ready: deque[Any] = deque()  # replies already in hand (a batch's, or collected before going exclusive)
         self._exclusive: Any = None
         self._released = False
 
@@ -209,6 +210,6 @@ class SharedHandle:
         return f"<SharedHandle {where} pool={self._pool.name!r} pending={len(self._calls)}>"
 
     @property
-    def exclusive_connection(self) -> Optional[Any]:
+    def exclusive_connection(self) -> Any | None:
         """The exclusive connection this handle moved to, or None while it is on the shared path."""
         return self._exclusive

@@ -13,7 +13,8 @@ subclass may override, and how close, fork and stats take the shared connections
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.event import AsyncResult
@@ -24,8 +25,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import forks
 from . import stats as S
 from .commands import may_share
-from .options import check as check_option
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .options import check as check_option
 from .shared import Call, SharedConnection, _copy, pack, raise_error
 
 if TYPE_CHECKING:
@@ -47,14 +48,14 @@ class Multiplexer:
         self.max_queued_bytes = max_queued_bytes
         self.closed = False
         self._generation = forks.generation
-        self._conns: List[SharedConnection] = []  # open and taking calls
-        self._alive: List[SharedConnection] = []  # open: taking calls, or retiring (draining what they owe)
+        self._conns: list[SharedConnection] = []  # open and taking calls
+        self._alive: list[SharedConnection] = []  # open: taking calls, or retiring (draining what they owe)
         self._opening = 0
-        self._first: Optional[AsyncResult] = None  # while the only connection is being opened
-        self._capacity_waiters: Deque[AsyncResult] = deque()
+        self._first: AsyncResult | None = None  # while the only connection is being opened
+        self._capacity_waiters: deque[AsyncResult] = deque()
         self._timer: Any = None
         self._next_maintenance = 0.0
-        self.socket_timeout: Optional[float] = None  # the connections' own, known once one is open
+        self.socket_timeout: float | None = None  # the connections' own, known once one is open
         self._tick = 1.0
         self.reset_counters()
 
@@ -140,7 +141,7 @@ class Multiplexer:
             self._wait_capacity(deadline, front=queued)
             queued = True
 
-    def _choose(self, size: int, count: int) -> Optional[SharedConnection]:
+    def _choose(self, size: int, count: int) -> SharedConnection | None:
         best = None
         for shared in self._conns:
             if shared.owed + count > self.max_in_flight and shared.owed:
@@ -160,7 +161,7 @@ class Multiplexer:
         try:
             ping = shared.submit(_PING, False)
             ping.internal = True
-            ok = shared.wait(ping) == b"PONG"
+            ok = bool(shared.wait(ping) == b"PONG")
         except Exception as error:  # noqa: BLE001 - a dead connection is replaced; its error is not the caller's
             logger.info("pool %r: health check of a shared connection failed (%s)", self.pool.name, error)
             ok = False
@@ -169,7 +170,7 @@ class Multiplexer:
         return ok
 
     # -- opening ------------------------------------------------------------------------------------------
-    def _open_first(self, deadline: Optional[float]) -> None:
+    def _open_first(self, deadline: float | None) -> None:
         """No shared connection is open: open one (in its own greenlet, so a cancelled caller cannot cut the
         handshake short) and wait for it; its error (refused, backoff, PoolTimeout) is the caller's."""
         pending = self._first
@@ -182,7 +183,7 @@ class Multiplexer:
             raise PoolTimeout(f"pool {self.pool.name!r}: no shared connection within {self.pool.timeout}s "
                               f"({self.pool._counts()})")
         if not pending.successful():
-            raise _copy(pending.exception)  # type: ignore[arg-type]
+            raise _copy(pending.exception)
 
     def _grow(self) -> None:
         """All open connections are busy: open one more in the background, if a slot is free right now."""
@@ -235,7 +236,7 @@ class Multiplexer:
         return shared
 
     # -- waiting for room -------------------------------------------------------------------------------
-    def _wait_capacity(self, deadline: Optional[float], front: bool) -> None:
+    def _wait_capacity(self, deadline: float | None, front: bool) -> None:
         pool = self.pool
         counters = pool._counters
         if not front and pool.max_waiting and len(self._capacity_waiters) >= pool.max_waiting:
@@ -374,7 +375,7 @@ class MultiplexedPool:
     """``RedisPool``'s multiplexing (see ``RedisPool``'s docstring for the options); a mixin before ``Pool``."""
 
     multiplex = 0
-    _mux: Optional[Multiplexer] = None
+    _mux: Multiplexer | None = None
 
     def _configure_multiplex(self, multiplex: int, max_size: int, max_in_flight: int, max_queued_bytes: int) -> None:
         """Validate and keep the options; called before ``Pool.__init__``, whose ``_reset_state`` builds the
@@ -425,7 +426,7 @@ class MultiplexedPool:
         """A connection for one caller alone (a SharedHandle moving off the shared path)."""
         return self.getconn()  # type: ignore[attr-defined]
 
-    def _shared_error(self, shared: Optional[SharedConnection], error: BaseException) -> BaseException:
+    def _shared_error(self, shared: SharedConnection | None, error: BaseException) -> BaseException:
         """The exception to raise for an error reply that came on a shared connection (SentinelRedisPool
         turns READONLY into a ConnectionError and retires the connection)."""
         return error
@@ -434,7 +435,7 @@ class MultiplexedPool:
         """About once a second while shared connections are open: a subclass may retire some."""
 
     # -- lifecycle and stats ------------------------------------------------------------------------------------
-    def close(self, timeout: Optional[float] = 5.0) -> None:
+    def close(self, timeout: float | None = 5.0) -> None:
         """Close the pool (see ``Pool.close``). Shared connections take no new commands at once; the replies
         they owe may arrive until the deadline, after which their callers get ``PoolClosed``."""
         pool: Any = self
@@ -449,8 +450,8 @@ class MultiplexedPool:
             mux.abort(PoolClosed(f"pool {self.name!r} closed before the reply arrived"))  # type: ignore[attr-defined]
         super()._force_close_borrowed()  # type: ignore[misc]
 
-    def get_stats(self) -> dict:
-        values = super().get_stats()  # type: ignore[misc]
+    def get_stats(self) -> dict[str, int]:
+        values: dict[str, int] = super().get_stats()  # type: ignore[misc]
         mux = self._mux
         if mux is not None:
             values[S.REQUESTS_WAITING] += mux.waiting
@@ -464,8 +465,8 @@ class MultiplexedPool:
             values[S.EXCLUSIVE_CHECKOUTS] = values[S.REQUESTS_NUM]
         return values
 
-    def pop_stats(self) -> dict:
-        values = super().pop_stats()  # type: ignore[misc]
+    def pop_stats(self) -> dict[str, int]:
+        values: dict[str, int] = super().pop_stats()  # type: ignore[misc]
         if self._mux is not None:
             self._mux.reset_counters()
         return values

@@ -37,6 +37,7 @@ from .redis_pool import RedisPool
 
 if TYPE_CHECKING:
     from .connection import ReplyTracking
+    from .shared import SharedConnection
     from .urls import RedisTarget
 
 Address = tuple[str, int]
@@ -46,7 +47,9 @@ __all__ = ["MasterConnection", "MasterSSLConnection", "SentinelRedisPool"]
 logger = logging.getLogger("pool")
 
 # How the pool talks to the sentinels themselves, unless sentinel_kwargs say otherwise.
-_SENTINEL_DEFAULTS: dict[str, Any] = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "max_size": 2, "timeout": 1.0}
+_SENTINEL_DEFAULTS: dict[str, Any] = {
+    "socket_connect_timeout": 0.5, "socket_timeout": 0.5, "max_size": 2, "timeout": 1.0,
+}
 
 
 class MasterConnection(SentinelManagedConnection):
@@ -206,7 +209,7 @@ class SentinelRedisPool(RedisPool):
             self._refresher = None
 
     # -- shared connections (multiplex=N) ----------------------------------------------------------------
-    def _shared_error(self, shared, error):
+    def _shared_error(self, shared: SharedConnection | None, error: BaseException) -> BaseException:
         """READONLY on a shared connection: that caller gets a ConnectionError, the connection takes no more
         commands (the others' replies still arrive), and the sentinels are asked again at once."""
         if not isinstance(error, ReadOnlyError) or shared is None:
@@ -216,7 +219,7 @@ class SentinelRedisPool(RedisPool):
         self.master_demoted(address)
         return RedisConnectionError(f"{address[0]}:{address[1]} is no longer the master of {self.service_name!r}")
 
-    def _maintain_shared(self, shared_connections):
+    def _maintain_shared(self, shared_connections: Iterable[SharedConnection]) -> None:
         """As ``_check`` does at checkout: ask the sentinels now and then; retire connections to a former master."""
         self._check_in_background()
         for shared in list(shared_connections):
@@ -231,7 +234,7 @@ class SentinelRedisPool(RedisPool):
         return super()._check(connection, idle_for)
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float | None = 5.0) -> None:
         """Close the pool (see ``Pool.close``) and the connections to the sentinels that it opened."""
         super().close(timeout)
         refresher = self._refresher

@@ -27,13 +27,14 @@ import ssl
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import hiredis
+from gevent import getcurrent
 from gevent.event import Event
 from gevent.hub import Waiter, get_hub
-from greenlet import getcurrent
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, InvalidResponse, ResponseError
 
@@ -83,10 +84,10 @@ class Call:
 
     def __init__(self, waiter: Waiter, data: bytes, decode: bool, count: int, shared: "SharedConnection") -> None:
         self.waiter = waiter
-        self.data: Optional[bytes] = data
+        self.data: bytes | None = data
         self.decode = decode
         self.left = count  # replies still to read
-        self.replies: Optional[List[Any]] = None if count == 1 else []
+        self.replies: list[Any] | None = None if count == 1 else []
         self.state = UNSENT
         self.shared = shared
         self.internal = False  # the pool's own (a health-check PING): no caller behind it
@@ -105,7 +106,8 @@ def pack(args: Sequence[Any]) -> bytes:
             args = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
             break
     try:
-        return hiredis.pack_command(tuple(args))
+        packed: bytes = hiredis.pack_command(tuple(args))
+        return packed
     except TypeError as error:
         raise DataError(error) from None
 
@@ -127,9 +129,9 @@ class SharedConnection:
         self.alive = True
         self.retiring = False  # takes no new calls; discarded once its replies are in
         self._retire_reason = "retired"
-        self._unsent: List[Call] = []
-        self._sent: Deque[Call] = deque()
-        self._out: Deque[Any] = deque()  # committed bytes the kernel has not taken yet, oldest first
+        self._unsent: list[Call] = []
+        self._sent: deque[Call] = deque()
+        self._out: deque[Any] = deque()  # committed bytes the kernel has not taken yet, oldest first
         self._flush_scheduled = False
         self._generation = forks.generation
         self._hub = get_hub()
@@ -146,10 +148,10 @@ class SharedConnection:
         sock = conn._sock
         self._gsock = sock
         self._tls = _is_tls(sock)
-        self._reader_greenlet: Optional[gevent.Greenlet] = None
-        self._writer_greenlet: Optional[gevent.Greenlet] = None
-        self._writer_wakeup: Optional[Event] = None
-        self._writing: Optional[bytes] = None
+        self._reader_greenlet: gevent.Greenlet | None = None
+        self._writer_greenlet: gevent.Greenlet | None = None
+        self._writer_wakeup: Event | None = None
+        self._writing: bytes | None = None
         if self._tls:
             self._start_greenlets()
         else:
@@ -224,7 +226,7 @@ class SharedConnection:
         if not self.alive or self._generation != forks.generation or self._out or self._writing is not None:
             return  # a write is still in progress: its completion flushes again
         calls, self._unsent = self._unsent, []
-        pieces: List[bytes] = []
+        pieces: list[bytes] = []
         was_idle = not self._sent
         sent = self._sent
         for call in calls:
@@ -450,7 +452,7 @@ class SharedConnection:
         else:
             self._loop.run_callback(waiter.throw, error)
 
-    def _finish(self, reason: str, error: Optional[BaseException] = None, waiting: int = 0) -> None:
+    def _finish(self, reason: str, error: BaseException | None = None, waiting: int = 0) -> None:
         """Stop driving the socket and give the connection back to the pool to be closed."""
         self.alive = False
         self.owed = self.queued = 0

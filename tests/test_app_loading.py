@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from pool.testing import wait_until
 
 REPO = Path(__file__).resolve().parent.parent

@@ -182,7 +182,7 @@ def test_cancelled_blpop_does_not_consume_the_next_job(make_pool, redis_url, adm
     assert_settled(p)
 
 
-# -- 5. a huge reply abandoned half-read --------------------------------------------------------------------------------
+# -- 5. a huge reply abandoned half-read -------------------------------------------------------------------------------
 HUGE = 20 * 1024 * 1024
 
 
@@ -218,7 +218,7 @@ def test_huge_reply_cut_short_is_never_read_as_a_reply(make_pool, proxy, admin, 
     assert_settled(p)
 
 
-# -- 10. blackhole ------------------------------------------------------------------------------------------------------
+# -- 10. blackhole -----------------------------------------------------------------------------------------------------
 @pytest.mark.timing
 def test_blackhole_timeouts_fire_and_slots_come_back(make_pool, proxy, admin, own_keys):
     """With the network silently dropping everything (no FIN, no RST), commands fail by socket_timeout, not

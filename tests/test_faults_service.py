@@ -222,7 +222,7 @@ def test_pool_exhausted_fast_503_with_retry_after(gunicorn_factory, redis_server
         sampler.kill()
         proxy.passthrough()
         kinds = [figures.record(name, outcome) for name, outcome, _ in results]
-        fast_503 = [s for (_, o, s), k in zip(results, kinds) if k == "expected" and s < 0.3]
+        fast_503 = [s for (_, o, s), k in zip(results, kinds, strict=False) if k == "expected" and s < 0.3]
         pool = stats(service)
         for i in range(10):  # and it serves as before
             figures.record(f"h{i}", service.request("GET", f"/hashes/h{i}"))
@@ -648,7 +648,7 @@ def test_redis_out_of_memory_put_is_refused(gunicorn_factory, redis_factory):
         admin.close()
 
 
-# -- HTTP fuzz -----------------------------------------------------------------------------------------------------------
+# -- HTTP fuzz ---------------------------------------------------------------------------------------------------------
 def fuzz(port, names, count, seed, concurrency=32):
     """Send ``count`` hostile requests from ``FuzzGenerator(seed, TOKEN, names)``; returns (status counts over all
     responses, requests answered only acceptably, [(status, request)] of server errors, requests left unanswered)."""
@@ -662,7 +662,7 @@ def fuzz(port, names, count, seed, concurrency=32):
         for _, data, method in mine:
             try:
                 statuses = response_statuses(raw_exchange(port, data, timeout=10), method)
-            except socket.timeout:
+            except TimeoutError:
                 hangs.append(data[:120])
                 continue
             bad = [status for status in statuses if status >= 500 and not acceptable(status, data)]

@@ -140,7 +140,8 @@ def test_leaks_and_discards_in_error_log(gunicorn_factory, redis_url, admin):
     assert service.request("GET", f"/hashes/{SECRET}").status == 504
     held = re.compile(rf"\[{worker}\] \[WARNING\] pool 'web-{worker}': connection held for .*\nborrowed at:\n")
     discarded = re.compile(rf"\[{worker}\] \[WARNING\] pool 'web-{worker}': discarding a connection \(cancelled\)")
-    wait_until(lambda: held.search(service.log()) and discarded.search(service.log()), 5, interval=0.02, what=service.log())
+    wait_until(lambda: held.search(service.log()) and discarded.search(service.log()), 5, interval=0.02,
+               what=service.log())
 
     def counted():
         samples = scrape(service)[0]
@@ -163,7 +164,7 @@ def test_metrics_in_process_without_multiproc_dir(redis_url):
         for path in ("/healthz", f"/hashes/{SECRET}", "/nowhere", "/metrics"):
             captured = {}
             environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.input": io.BytesIO()}
-            body = b"".join(app(environ, lambda status, headers: captured.update(dict(headers))))
+            body = b"".join(app(environ, lambda status, headers, captured=captured: captured.update(dict(headers))))
         text = body.decode()
         assert captured["Content-Type"].startswith("text/plain")
         assert 'greenpool_http_requests_total{method="GET",route="/hashes/{name}",status="404"} 1.0' in text

@@ -11,12 +11,11 @@ import time
 import gevent
 import pytest
 import redis
-
-from pool.testing import FaultProxy
-from pool.testing import wait_until
-from pool import PooledRedis, PoolClosed, PoolTimeout, RedisPool, TooManyRequests
-from pool import stats as S
 from test_pool_lifecycle import run_in_child
+
+from pool import PoolClosed, PooledRedis, PoolTimeout, RedisPool, TooManyRequests
+from pool import stats as S
+from pool.testing import FaultProxy, wait_until
 
 OWN_KEYS = [f"own:{i}" for i in range(20)]
 SLACK = 0.25
@@ -281,7 +280,7 @@ def test_load_spreads_over_shared_connections_and_a_lone_caller_uses_one(make_po
     assert stat(p, S.MUX_CONNECTIONS_NUM) == 1
 
     def work(i):
-        for n in range(50):
+        for _n in range(50):
             assert r.get(OWN_KEYS[i % 20]) == OWN_KEYS[i % 20].encode()
 
     gevent.joinall([gevent.spawn(work, i) for i in range(100)], timeout=30, raise_error=True)

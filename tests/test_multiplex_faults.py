@@ -14,14 +14,13 @@ import redis
 from gevent import socket
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from test_multiplex_cancel import SLOW_SCRIPT
+from test_sentinel import StaleSentinel
 
-from pool.testing import FaultProxy, frozen, kill_server, restart_server
-from pool.testing import wait_until
 from pool import PooledRedis, RedisPool
 from pool import stats as S
 from pool.sentinel import SentinelRedisPool
-from test_multiplex_cancel import SLOW_SCRIPT
-from test_sentinel import StaleSentinel
+from pool.testing import FaultProxy, frozen, kill_server, restart_server, wait_until
 
 FAILURES = (RedisConnectionError, RedisTimeoutError)
 OWN_KEYS = [f"own:{i}" for i in range(20)]

@@ -204,7 +204,7 @@ def test_same_values_and_exceptions_as_redis_py(redis_url, admin, script, client
     try:
         expected = transcript(redis.Redis(connection_pool=reference_pool), admin.flushdb, script)
         got = transcript(client_class(connection_pool=p), admin.flushdb, script)
-        for index, (want, have) in enumerate(zip(expected, got)):
+        for index, (want, have) in enumerate(zip(expected, got, strict=False)):
             assert have == want, f"call {index} of {script.__name__}"
         assert len(got) == len(expected)
         stats = p.get_stats()
@@ -238,9 +238,9 @@ def test_raw_execute_returns_what_read_response_returns(redis_url, admin, decode
                             (("ZRANGE", "z", 0, -1, "WITHSCORES"), False), (("LPUSH", "s", 1), False),
                             (("EVALSHA", "0" * 40, 0), False), (("CLIENT", "GETNAME"), False)]:
             seed()
-            want = outcome(lambda: exclusive_execute(*args, never_decode=never))
+            want = outcome(lambda args=args, never=never: exclusive_execute(*args, never_decode=never))
             seed()
-            have = outcome(lambda: p.execute(*args, never_decode=never))
+            have = outcome(lambda args=args, never=never: p.execute(*args, never_decode=never))
             if args[0] == "CLIENT":  # each pool names its connections after itself
                 want, have = want[0], have[0]
             assert have == want, args

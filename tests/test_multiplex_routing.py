@@ -12,10 +12,10 @@ import gevent
 import pytest
 import redis
 
-from pool.testing import wait_until
 from pool import PooledRedis, RedisPool
 from pool import stats as S
 from pool.cluster import cluster_client
+from pool.testing import wait_until
 
 SESSION_FIELDS = ("name", "db", "flags", "sub", "psub", "multi", "watch", "resp", "user", "redir")
 _markers = itertools.count()

@@ -6,12 +6,12 @@ import gevent
 import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from test_multiplex_cancel import SLOW_SCRIPT
 
-from pool.testing import FaultProxy
 from pool import PooledRedis, RedisPool
 from pool import stats as S
-from test_multiplex_cancel import SLOW_SCRIPT
 from pool.server import free_port
+from pool.testing import FaultProxy
 
 
 @pytest.fixture

@@ -219,7 +219,8 @@ def test_zero_means_off_for_every_period_and_limit(make_pool, admin):
         assert client_id(conn) == first  # the same connection: not recycled, not re-checked by PING
     assert admin.info("commandstats").get("cmdstat_ping", {}).get("calls", 0) == pings
     got = p.get_stats()
-    assert (got[S.DISCARDED_LIFETIME], got[S.DISCARDED_IDLE], got[S.LEAKS_REPORTED], got[S.REQUESTS_REJECTED]) == (0,) * 4
+    quiet = (S.DISCARDED_LIFETIME, S.DISCARDED_IDLE, S.LEAKS_REPORTED, S.REQUESTS_REJECTED)
+    assert [got[key] for key in quiet] == [0] * 4
 
 
 def test_zero_checkout_timeout_means_do_not_wait(make_pool):
@@ -323,7 +324,7 @@ def test_waiters_are_served_in_arrival_order(make_pool, returned):
     greenlets = []
     for i in range(30):
         greenlets.append(gevent.spawn(waiter, i))
-        wait_until(lambda: stat(p, S.REQUESTS_WAITING) == i + 1, what=f"waiter {i} queued")
+        wait_until(lambda i=i: stat(p, S.REQUESTS_WAITING) == i + 1, what=f"waiter {i} queued")
     p.putconn(held)
     greenlets.append(gevent.spawn(waiter, "newcomer"))
     gevent.joinall(greenlets, raise_error=True)
@@ -589,7 +590,7 @@ def test_redis_restart_on_the_same_port(make_pool, redis_server):
     assert_settled(p, 3)
 
 
-# -- 6. session state ---------------------------------------------------------------------------------------------------
+# -- 6. session state --------------------------------------------------------------------------------------------------
 def _leave_state(p, state):
     if state == "SELECT via redis.Redis":
         redis.Redis(connection_pool=p).execute_command("SELECT", 5)
@@ -629,7 +630,7 @@ def test_connection_returned_with_session_state_is_discarded(make_pool, admin, s
     assert_settled(p, 1)
 
 
-# -- 7. connect failures ----------------------------------------------------------------------------------------------------
+# -- 7. connect failures -----------------------------------------------------------------------------------------------
 def test_connect_failure_is_fast_loses_no_slot_and_recovers(redis_factory, monkeypatch):
     """With nothing listening: a redis ConnectionError at once and no slot lost; attempts inside the
     backoff window fail fast with PoolError without connecting; when a server starts on the port, the pool
@@ -687,7 +688,7 @@ def test_reconnect_backoff_grows_with_jitter(monkeypatch):
     p = RedisPool(host="127.0.0.1", port=free_port(), max_size=1, name="backoff")
     windows = []
     try:
-        for failure in range(5):
+        for _failure in range(5):
             with pytest.raises(redis.exceptions.ConnectionError):
                 p.getconn()
             with pytest.raises(PoolError) as raised:

@@ -3,7 +3,7 @@ import gevent
 import pytest
 import redis
 
-from pool import PoolError, PooledRedis, RedisPool
+from pool import PooledRedis, PoolError, RedisPool
 from pool import stats as S
 
 

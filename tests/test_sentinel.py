@@ -78,7 +78,7 @@ def test_commands_go_to_the_master_the_sentinels_report(topology):
         r = redis.Redis(connection_pool=pool)
         assert r.set("k", "v") and r.get("k") == b"v"
         assert pool.master_address == topology.master_address()
-        assert repr(pool).endswith("service='mymaster' master=%s:%d/0>" % topology.master_address())
+        assert repr(pool).endswith("service='mymaster' master={}:{}/0>".format(*topology.master_address()))
         with pool.client() as pinned:
             assert pinned.execute_command("ROLE")[0] == b"master"
     finally:
@@ -103,7 +103,7 @@ def test_manual_failover_moves_every_connection_to_the_new_master(topology):
         load.stop()
         pool.close()
     late = {where for t, where in load.successes if t > switched + 2.0}
-    assert late == {"%s:%d" % new}, late
+    assert late == {"{}:{}".format(*new)}, late
     assert load.crossed == [] and load.hung == 0
     assert len(load.failures) <= pool.max_size, load.failures  # at most the connections caught mid-switch
 
@@ -134,7 +134,7 @@ def test_killed_master_recovery_within_failover_time_plus_2s(topology):
     assert recovered_at - reported_at <= 2.0
     assert load.crossed == [] and load.hung == 0
     assert load.longest < 3.0
-    assert {where for t, where in load.successes if t > recovered_at} == {"%s:%d" % new}
+    assert {where for t, where in load.successes if t > recovered_at} == {"{}:{}".format(*new)}
 
 
 class StaleSentinel(Sentinel):

@@ -10,6 +10,7 @@ from pathlib import Path
 import gevent
 import pytest
 
+from wsgi_app.errors import HTTPError
 from wsgi_app.service import create_app
 from wsgi_app.settings import SettingsError, load, redact_url
 from wsgi_app.validation import Limits, parse_key
@@ -269,7 +270,7 @@ def test_parse_key_limits():
     assert parse_key("abcd", limits) == "abcd"
     assert parse_key("é".encode().decode("latin-1"), limits) == "é"
     for bad in ("", "abcde", "a\x7fb", "\x85"):
-        with pytest.raises(Exception):
+        with pytest.raises(HTTPError):
             parse_key(bad, limits)
 
 

@@ -67,7 +67,8 @@ def test_routes_and_keys_spread_over_all_masters(service, cluster):
     assert service.request("GET", "/hashes/u3").json() == {"f7": "x", "new": "y"}
     assert service.request("DELETE", "/hashes/u2", headers=AUTH).status == 204
     assert service.request("GET", "/hashes/u2").status == 404
-    cluster.admin(cluster.slot_owner(admin.execute_command("CLUSTER", "KEYSLOT", PREFIX + "str"))).set(PREFIX + "str", "x")
+    owner = cluster.slot_owner(admin.execute_command("CLUSTER", "KEYSLOT", PREFIX + "str"))
+    cluster.admin(owner).set(PREFIX + "str", "x")
     assert service.request("PUT", "/hashes/str", {"a": "1"}, AUTH).status == 409  # WRONGTYPE from the Lua script
     assert service.request("GET", "/readyz").json() == {"status": "ready"}
     stats = service.request("GET", "/stats").json()["pool"]  # one worker's node pools, added up
@@ -132,7 +133,7 @@ def migrate_under_load(service, cluster, tags, moves, clients, pre=150):
     gevent.sleep(0.3)
     asked = 0
     for _ in range(moves):
-        for tag, slot in slots.items():
+        for _tag, slot in slots.items():
             source = cluster.slot_owner(slot)
             ports = [port for _, port in cluster.addresses]
             target = ports[(ports.index(source) + 1) % len(ports)]  # round the masters

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from pool.server import RedisProcess
+
 from .settings import check_socket_path, embedded_socket_path
 
 __all__ = ["start", "stop"]

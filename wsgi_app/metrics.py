@@ -121,7 +121,7 @@ class _ProcessMetrics:
             sum_, buckets = histogram_values(histogram.labels(*labels))
             if counts[0]:
                 sum_.inc(counts[0])
-            for bucket, count in zip(buckets, counts[1:]):
+            for bucket, count in zip(buckets, counts[1:], strict=False):
                 if count:
                     bucket.inc(count)
 

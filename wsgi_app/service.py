@@ -89,7 +89,8 @@ class Service:
         return methods, [("Allow", ", ".join(methods))]
 
     def add_route(self, path, methods):
-        """Serve ``path``; ``methods`` maps a method name to a handler ``(environ, name) -> (status, headers, body)``."""
+        """Serve ``path``; ``methods`` maps a method name to a handler
+        ``(environ, name) -> (status, headers, body)``."""
         self.routes[path] = self._route(methods)
 
     # -- WSGI entry point ------------------------------------------------------------------------------------
@@ -137,7 +138,8 @@ class Service:
             if exc is not timer:
                 raise
             # the pool discarded any connection the handler held: a cancelled request never leaves a reply unread
-            return error_response(504, "timeout", f"the request took longer than REQUEST_TIMEOUT ({self.request_timeout}s)")
+            detail = f"the request took longer than REQUEST_TIMEOUT ({self.request_timeout}s)"
+            return error_response(504, "timeout", detail)
         except WrongType as exc:
             return error_response(409, "wrong_type", str(exc))
         except (RedisConnectionError, RedisTimeoutError) as exc:  # pool exhausted or closed, Redis unreachable
@@ -257,7 +259,7 @@ class Service:
 
 
 def create_app(environ=None):
-    """A new ``Service`` configured from ``environ`` (default: ``os.environ``); raises ``SettingsError`` when invalid."""
+    """A new ``Service`` configured from ``environ`` (default: ``os.environ``); ``SettingsError`` when invalid."""
     settings = load(environ)
     return Service(settings, WorkerPool(settings))
 

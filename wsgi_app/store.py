@@ -75,7 +75,7 @@ def _text(value):
 
 def _pairs(raw):
     """The (field, value) pairs of a hash reply: a dict (RESP3, redis-py's HGETALL callback) or a flat list."""
-    return raw.items() if isinstance(raw, dict) else zip(*[iter(raw)] * 2)
+    return raw.items() if isinstance(raw, dict) else zip(*[iter(raw)] * 2, strict=False)
 
 
 def _decode_hash(raw):

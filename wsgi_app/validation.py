@@ -43,7 +43,8 @@ def parse_hash_body(body, limits):
     """The JSON object of string values in ``body``, as a dict; at least one field."""
     try:
         value = json.loads(body)
-    except (UnicodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError; RecursionError: nested too deep
+    # JSONDecodeError is a ValueError; RecursionError: nested too deep
+    except (UnicodeError, ValueError, RecursionError):
         raise _bad("the body is not valid JSON", "invalid_json") from None
     if not isinstance(value, dict):
         raise _bad("the body must be a JSON object of string values", "invalid_body")
@@ -58,7 +59,8 @@ def parse_hash_body(body, limits):
         try:  # strict UTF-8: json.loads lets lone surrogates ("\ud800") through, and Redis cannot store them
             too_long = len(field.encode("utf-8")) > limit or len(text.encode("utf-8")) > limit
         except UnicodeEncodeError:
-            raise _bad("a field name or value holds a lone surrogate, which is not valid Unicode", "invalid_body") from None
+            detail = "a field name or value holds a lone surrogate, which is not valid Unicode"
+            raise _bad(detail, "invalid_body") from None
         if too_long:
             raise _bad(f"a field name or value is longer than {limit} bytes", "invalid_body")
         if not field:

@@ -61,7 +61,7 @@ class Dataset:
     def write(self, admin: redis.Redis) -> None:
         """Write (replace) every hash through ``admin``."""
         pipe = admin.pipeline(transaction=False)
-        for name, fields in zip(self.names, self.hashes):
+        for name, fields in zip(self.names, self.hashes, strict=False):
             mapping: dict[Any, Any] = fields
             pipe.delete(self.prefix + name)
             pipe.hset(self.prefix + name, mapping=mapping)
