@@ -70,7 +70,9 @@ def on_starting(server):
     if not SETTINGS.embedded:
         server.log.info("Using Redis at %s", app_settings.redact_url(SETTINGS.redis_url))
         return
-    redis = embedded.start(SETTINGS.data_dir)
+    # Refusals (directory unusable, already served, data its binary cannot read) are one-line EmbeddedErrors, a
+    # RuntimeError: gunicorn prints "Error: <message>" and exits 1.
+    redis = embedded.start(SETTINGS.data_dir, server.log)
     server.log.warning(
         "REDIS_URL is not set: started a private redis-server (pid %s) at %s with its data in %s. "
         "This is a development default; set REDIS_URL in production.",
@@ -79,9 +81,15 @@ def on_starting(server):
 
 
 def on_exit(server):
-    """Master, last: stop the embedded redis-server (the workers are gone by now)."""
+    """Master, last: stop the embedded redis-server (the workers are gone by now) and unlock its data directory."""
     if embedded.stop():
         server.log.info("Stopped the embedded redis-server")
+
+
+def post_fork(server, worker):
+    """Worker, at once: let go of the embedded data directory's lock (only the master and its redis-server keep
+    it, so an orphaned worker of a killed master does not hold the directory)."""
+    embedded.forget_lock()
 
 
 def post_worker_init(worker):
