@@ -9,27 +9,15 @@ tested both ways. The pool itself is only ever created in a worker.
 
 Metrics: prometheus_client picks single- or multi-process mode when it is first imported (by ``wsgi_app``
 below), so ``PROMETHEUS_MULTIPROC_DIR`` is settled before that import: the user's directory, or a private one
-made for this master (a USR2 re-exec inherits our environment, so another master's private one gets a fresh one).
+made for this master (``wsgi_app.metrics_dir``: removed at exit, and the next start removes the one a killed
+master left).
 """
-import atexit
 import logging
 import os
-import shutil
-import tempfile
 
+from wsgi_app import metrics_dir  # imports no prometheus_client
 
-def _remove_private_metrics_dir(owner, path):
-    if os.getpid() == owner:  # the workers inherit this exit handler
-        shutil.rmtree(path, ignore_errors=True)
-
-
-_PRIVATE_METRICS = "GREENPOOL_PRIVATE_METRICS_DIR"  # "<master pid>:<dir>" when a master made the directory
-_owner, _, _private_dir = os.environ.get(_PRIVATE_METRICS, "").partition(":")
-if _owner != str(os.getpid()) and (_private_dir or not os.environ.get("PROMETHEUS_MULTIPROC_DIR")):
-    _private_dir = tempfile.mkdtemp(prefix="greenpool-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _private_dir
-    os.environ[_PRIVATE_METRICS] = f"{os.getpid()}:{_private_dir}"
-    atexit.register(_remove_private_metrics_dir, os.getpid(), _private_dir)  # also after a settings error below
+metrics_dir.settle()  # PROMETHEUS_MULTIPROC_DIR: the user's, or a private one (stale ones of dead masters removed)
 
 from wsgi_app import embedded, metrics  # noqa: E402 (after the metrics directory)
 from wsgi_app import settings as app_settings  # noqa: E402
@@ -67,10 +55,14 @@ def on_starting(server):
     """Master, once: empty the metrics directory; start the embedded redis-server when REDIS_URL is unset."""
     removed = metrics.prepare_dir(SETTINGS.metrics_dir)
     server.log.info("Metrics of all workers in %s (%d old files removed)", SETTINGS.metrics_dir, removed)
+    if metrics_dir.stale_removed:
+        server.log.info("Removed %d private metrics directories of masters that are gone", metrics_dir.stale_removed)
     if not SETTINGS.embedded:
         server.log.info("Using Redis at %s", app_settings.redact_url(SETTINGS.redis_url))
         return
-    redis = embedded.start(SETTINGS.data_dir)
+    # Refusals (directory unusable, already served, data its binary cannot read) are one-line EmbeddedErrors, a
+    # RuntimeError: gunicorn prints "Error: <message>" and exits 1.
+    redis = embedded.start(SETTINGS.data_dir, server.log)
     server.log.warning(
         "REDIS_URL is not set: started a private redis-server (pid %s) at %s with its data in %s. "
         "This is a development default; set REDIS_URL in production.",
@@ -79,9 +71,15 @@ def on_starting(server):
 
 
 def on_exit(server):
-    """Master, last: stop the embedded redis-server (the workers are gone by now)."""
+    """Master, last: stop the embedded redis-server (the workers are gone by now) and unlock its data directory."""
     if embedded.stop():
         server.log.info("Stopped the embedded redis-server")
+
+
+def post_fork(server, worker):
+    """Worker, at once: let go of the embedded data directory's lock (only the master and its redis-server keep
+    it, so an orphaned worker of a killed master does not hold the directory)."""
+    embedded.forget_lock()
 
 
 def post_worker_init(worker):

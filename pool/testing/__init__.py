@@ -12,7 +12,7 @@ from .fuzz import FuzzGenerator, acceptable
 from .gunicorn import Gunicorn, minimal_env
 from .http import Conn, HTTPProtocolError, Reply, http_request, raw_exchange, request, response_statuses
 from .load import Dataset, Load
-from .procs import child_pids, process_alive
+from .procs import child_pids, holders, process_alive
 from .topology import ClusterTopology, SentinelProcess, SentinelTopology
 from .wait import WaitTimeout, wait_until
 
@@ -33,6 +33,7 @@ __all__ = [
     "acceptable",
     "child_pids",
     "frozen",
+    "holders",
     "http_request",
     "kill_server",
     "minimal_env",

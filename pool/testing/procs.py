@@ -1,9 +1,10 @@
-"""Processes seen through Linux's /proc: a gunicorn master's children, whether a pid is still alive."""
+"""Processes seen through Linux's /proc: a gunicorn master's children, whether a pid is still alive, who holds a
+file open."""
 from __future__ import annotations
 
 import os
 
-__all__ = ["child_pids", "process_alive"]
+__all__ = ["child_pids", "holders", "process_alive"]
 
 
 def child_pids(pid: int) -> set[int]:
@@ -25,3 +26,23 @@ def process_alive(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def holders(path: str | os.PathLike[str]) -> set[int]:
+    """The pids of the processes that hold a file descriptor of ``path`` (those this user may inspect)."""
+    target = os.path.realpath(path)
+    return {int(pid) for pid in os.listdir("/proc") if pid.isdigit() and target in _open_files(pid)}
+
+
+def _open_files(pid: str) -> set[str]:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone, or not ours to inspect
+        return set()
+    found = set()
+    for fd in fds:
+        try:
+            found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            continue
+    return found
