@@ -222,6 +222,12 @@ class Pool(Generic[Resource]):
                 return self._open_slot(others_may_serve=True)
             except _OthersOpen as refused:
                 cause = refused.__cause__
+            if not self._waiters:  # critical section: one may have come back while we tried; else queue
+                try:
+                    slot: Slot[Resource] = self._idle.get_nowait()
+                    return slot
+                except Empty:
+                    pass
             try:
                 handed = self._wait(_remaining(timeout, deadline))
             except PoolTimeout as error:  # say why no new connection was opened meanwhile

@@ -16,13 +16,13 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
     MasterDownError,
-    MaxClientsReachedError,
     NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pool.errors import PoolClosed, PoolTimeout, TooManyRequests
@@ -85,7 +85,7 @@ _MARKERS = (("-OOM ", OOM), ("-READONLY ", READ_ONLY), ("-MISCONF ", CANNOT_PERS
 # By class first: redis-py strips the codes it knows from the message (and a copied error may lose status_code).
 _CLASSES = ((OutOfMemoryError, OOM), (NoPermissionError, NO_PERMISSION), (ReadOnlyError, READ_ONLY),
             (BusyLoadingError, LOADING), (MasterDownError, NOT_SERVING), (ClusterDownError, NOT_SERVING),
-            (TryAgainError, NOT_SERVING), (MaxClientsReachedError, MAX_CLIENTS), (AuthenticationError, AUTH_FAILED),
+            (TryAgainError, NOT_SERVING), (AuthenticationError, AUTH_FAILED),
             (PoolTimeout, POOL_TIMEOUT), (TooManyRequests, TOO_MANY_WAITING), (PoolClosed, CLOSING),
             (RedisTimeoutError, REDIS_TIMEOUT))
 
@@ -100,6 +100,8 @@ def classify(exc):
         return by_code
     if isinstance(exc, ResponseError):
         return classify_text(str(exc))
+    if isinstance(exc, RedisConnectionError) and "max number of clients reached" in str(exc):
+        return MAX_CLIENTS  # redis-py 8.2 raises MaxClientsReachedError, 8.1 a plain ConnectionError
     return UNREACHABLE  # a ConnectionError: refused, reset, unknown host, bad socket path, the pool backing off
 
 
