@@ -193,14 +193,17 @@ def test_a_server_that_cannot_persist_refuses_writes_and_is_not_ready(servers, a
     app = apps(server.url)
     assert wsgi_call(app, "GET", "/readyz")[0] == 200
     shutil.rmtree(gone)  # the server's working directory: BGSAVE cannot create its temporary file
-    admin.bgsave()
-    wait_until(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err", 10, "the BGSAVE failure")
-    before = dump_all(admin)
-    for method, reply in writes(app).items():
-        refused(reply, 503, "redis_cannot_persist", True)
-        assert dump_all(admin) == before, method
-    refused(wsgi_call(app, "GET", "/readyz"), 503, "redis_cannot_persist", True)
-    assert wsgi_call(app, "GET", "/hashes/h")[::2] == (200, OLD)
+    try:
+        admin.bgsave()
+        wait_until(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err", 10, "the BGSAVE failure")
+        before = dump_all(admin)
+        for method, reply in writes(app).items():
+            refused(reply, 503, "redis_cannot_persist", True)
+            assert dump_all(admin) == before, method
+        refused(wsgi_call(app, "GET", "/readyz"), 503, "redis_cannot_persist", True)
+        assert wsgi_call(app, "GET", "/hashes/h")[::2] == (200, OLD)
+    finally:
+        admin.config_set("save", "")  # or SIGTERM makes it try to save, fail and refuse to exit
 
 
 # -- LOADING, BUSY, NOSCRIPT ------------------------------------------------------------------------------------
