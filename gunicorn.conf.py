@@ -14,6 +14,7 @@ master left).
 """
 import logging
 import os
+import sys
 
 from wsgi_app import metrics_dir  # imports no prometheus_client
 
@@ -22,33 +23,39 @@ metrics_dir.settle()  # PROMETHEUS_MULTIPROC_DIR: the user's, or a private one (
 from wsgi_app import embedded, metrics  # noqa: E402 (after the metrics directory)
 from wsgi_app import settings as app_settings  # noqa: E402
 
-SETTINGS = app_settings.load()  # validates every service setting now, in the master
 _env_int = app_settings.env_int
+
+# An invalid setting stops start-up with one line naming the variable and the rule, and exit status 1: gunicorn
+# prints a traceback for any Exception from its config file, and nothing for SystemExit.
+try:
+    SETTINGS = app_settings.load()  # validates every service setting now, in the master
+    workers = _env_int("WEB_CONCURRENCY", os.cpu_count() or 1, minimum=1)
+    worker_connections = _env_int("WORKER_CONNECTIONS", 1000, minimum=1)
+    timeout = _env_int("GUNICORN_TIMEOUT", 30, minimum=0)
+    graceful_timeout = _env_int("GRACEFUL_TIMEOUT", 30, minimum=1)
+    # The gevent worker waits for idle keep-alive connections while it drains: keepalive must end well before
+    # graceful_timeout, or the master SIGKILLs the worker and worker_exit (pool drain) never runs.
+    keepalive = _env_int("KEEPALIVE", 2, minimum=0, maximum=graceful_timeout - 1)
+    max_requests = _env_int("MAX_REQUESTS", 0, minimum=0)
+    max_requests_jitter = _env_int("MAX_REQUESTS_JITTER", 0, minimum=0)
+    if SETTINGS.pool_close_timeout + keepalive >= graceful_timeout:
+        raise app_settings.SettingsError(
+            f"POOL_CLOSE_TIMEOUT ({SETTINGS.pool_close_timeout}) + KEEPALIVE ({keepalive}) must be below "
+            f"GRACEFUL_TIMEOUT ({graceful_timeout}), or workers are killed before their pool is drained"
+        )
+except app_settings.SettingsError as _error:
+    print(f"greenpool: invalid setting: {_error}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 wsgi_app = "wsgi_app:app"
 worker_class = "gevent"
 if "PORT" not in os.environ:  # gunicorn's own default binds 0.0.0.0:$PORT when PORT is set
     bind = [os.environ.get("BIND", "127.0.0.1:8000")]
-workers = _env_int("WEB_CONCURRENCY", os.cpu_count() or 1, minimum=1)
-worker_connections = _env_int("WORKER_CONNECTIONS", 1000, minimum=1)
-timeout = _env_int("GUNICORN_TIMEOUT", 30, minimum=0)
-graceful_timeout = _env_int("GRACEFUL_TIMEOUT", 30, minimum=1)
-# The gevent worker waits for idle keep-alive connections while it drains: keepalive must end well before
-# graceful_timeout, or the master SIGKILLs the worker and worker_exit (pool drain) never runs.
-keepalive = _env_int("KEEPALIVE", 2, minimum=0, maximum=graceful_timeout - 1)
-max_requests = _env_int("MAX_REQUESTS", 0, minimum=0)
-max_requests_jitter = _env_int("MAX_REQUESTS_JITTER", 0, minimum=0)
 # gunicornc's control socket lives at one fixed path per user (two instances would fight over it) and runs
 # an asyncio thread, which would be a greenlet in this monkey-patched master.
 control_socket_disable = True
 # Apache's combined format plus the request time in microseconds (as Apache's %D); on with --access-logfile -.
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s'
-
-if SETTINGS.pool_close_timeout + keepalive >= graceful_timeout:
-    raise app_settings.SettingsError(
-        f"POOL_CLOSE_TIMEOUT ({SETTINGS.pool_close_timeout}) + KEEPALIVE ({keepalive}) must be below "
-        f"GRACEFUL_TIMEOUT ({graceful_timeout}), or workers are killed before their pool is drained"
-    )
 
 
 def on_starting(server):

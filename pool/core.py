@@ -47,6 +47,15 @@ class _Permit(enum.Enum):
 
 
 _PERMIT = _Permit.PERMIT
+
+
+class _OthersOpen(Exception):
+    """An open failed while other resources of the pool are open: wait for one of them (the cause is chained)."""
+
+
+def _remaining(timeout: float | None, deadline: float | None) -> float | None:
+    return timeout if deadline is None else max(0.0, deadline - time.monotonic())
+
 _NOTHING_TO_CHECK = float("inf")
 
 # Reconnect backoff after a failed open: full jitter on base * 2**failures, capped so recovery stays quick.
@@ -200,11 +209,31 @@ class Pool(Generic[Resource]):
                 pass
             if self._size < self.max_size:
                 self._size += 1
-                return self._open_slot()
-        if deadline is not None:
-            timeout = max(0.0, deadline - time.monotonic())
-        handed = self._wait(timeout)
-        return self._open_slot() if handed is _PERMIT else handed
+                return self._open_or_wait(timeout, deadline)
+        handed = self._wait(_remaining(timeout, deadline))
+        return self._open_or_wait(timeout, deadline) if handed is _PERMIT else handed
+
+    def _open_or_wait(self, timeout: float | None, deadline: float | None) -> Slot[Resource]:
+        """Open a resource in a place already counted in ``_size``. When that fails while other resources of this
+        pool are open (a server at its connection limit refuses new ones while the open ones work), wait in line
+        for one of them instead, within the checkout's deadline."""
+        while True:
+            try:
+                return self._open_slot(others_may_serve=True)
+            except _OthersOpen as refused:
+                cause = refused.__cause__
+            if not self._waiters:  # critical section: one may have come back while we tried; else queue
+                try:
+                    slot: Slot[Resource] = self._idle.get_nowait()
+                    return slot
+                except Empty:
+                    pass
+            try:
+                handed = self._wait(_remaining(timeout, deadline))
+            except PoolTimeout as error:  # say why no new connection was opened meanwhile
+                raise PoolTimeout(f"{error}; new connections were refused ({self._last_connect_error})") from cause
+            if handed is not _PERMIT:  # a permit: a place is free, try to open again
+                return handed
 
     def _wait(self, timeout: float | None) -> Slot[Resource] | _Permit:
         if self.max_waiting and len(self._waiters) >= self.max_waiting:
@@ -241,8 +270,12 @@ class Pool(Generic[Resource]):
             else:
                 self._give_back(handed)
 
-    def _open_slot(self) -> Slot[Resource]:
-        """Open a resource in a place already counted in ``_size``; on failure the place is released."""
+    def _open_slot(self, others_may_serve: bool = False) -> Slot[Resource]:
+        """Open a resource in a place already counted in ``_size``; on failure the place is released.
+
+        With ``others_may_serve``, a failure while other resources are open (or being opened) raises
+        ``_OthersOpen`` and the place is given up without a permit for the next waiter: the waiters are served
+        by the resources that are open, and no one retries the open in a loop meanwhile."""
         started = time.monotonic()
         try:
             if started < self._retry_at:
@@ -252,9 +285,13 @@ class Pool(Generic[Resource]):
                 )
             resource = self._open()
         except BaseException as error:
+            if isinstance(error, Exception):
+                if not isinstance(error, PoolError):
+                    self._note_connect_failure(error)
+                if others_may_serve and self._size > 1 and not self._closed:
+                    self._size -= 1
+                    raise _OthersOpen() from error
             self._release_place()
-            if isinstance(error, Exception) and not isinstance(error, PoolError):
-                self._note_connect_failure(error)
             raise
         now = time.monotonic()
         self._connect_failures = 0

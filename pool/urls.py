@@ -121,6 +121,7 @@ def parse_redis_url(url: str) -> RedisTarget:
     except ValueError as error:  # e.g. an unclosed IPv6 bracket
         raise ValueError(f"malformed URL {redact_url(url)!r}: {error}") from None
     userinfo, _, hostlist = parts.netloc.rpartition("@")
+    _check_at_signs(url, scheme, parts.netloc, userinfo)
     kind = scheme.partition("+")[2] or "redis"
     tls = scheme.startswith("rediss")
     allowed = {**POOL_OPTIONS, **_CONNECTION_OPTIONS, **(_SSL_OPTIONS if tls else {}),
@@ -183,6 +184,15 @@ def _sentinel_target(url: str, addresses: tuple[tuple[str, int], ...], path: lis
     min_other_sentinels = connection_kwargs.pop("min_other_sentinels", 0)
     return RedisTarget("sentinel", url, addresses, path[0], connection_kwargs, pool_options, sentinel_kwargs,
                        master_check_interval, min_other_sentinels)
+
+
+def _check_at_signs(url: str, scheme: str, netloc: str, userinfo: str) -> None:
+    """Refuse an ``@`` that does not separate the user info from the hosts: a password with an unescaped ``@``,
+    ``/``, ``?`` or ``#`` would otherwise be read in part as a host name, a path or options (and shown as such)."""
+    after_hosts = url.partition("://")[2][len(netloc):]
+    if "@" in userinfo or (scheme != "unix" and "@" in after_hosts):  # a unix socket path may hold an '@'
+        raise ValueError(f"an '@' in {redact_url(url)!r} does not separate the user info from the host: "
+                         "percent-encode '@', '/', '?' and '#' in a password (%40, %2F, %3F, %23)")
 
 
 def _credentials(userinfo: str) -> dict[str, str]:

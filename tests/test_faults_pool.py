@@ -392,3 +392,37 @@ def test_wrongtype_keeps_the_connection_healthy_and_reused(make_pool, redis_url,
     assert_own_replies(p)
     assert r.client_id() == first
     assert_settled(p)
+
+
+# -- Redis at maxclients ---------------------------------------------------------------------------------------
+def test_redis_at_maxclients_checkouts_wait_for_the_open_connections(make_pool, redis_factory):
+    """Redis refuses connections past ``maxclients`` ("max number of clients reached") while the pool's open
+    ones work: 30 greenlets on a pool of 10 that Redis lets open only 3 all succeed, each checkout that could not
+    open a connection waiting for one of the open ones (it used to fail at once: 1485 of 1500 here). Alone, with
+    nothing open, a refused connect still fails at once."""
+    server = redis_factory("--maxclients", "4")
+    blocker = redis.Redis(port=server.port)
+    blocker.ping()  # one of the 4: the pool gets 3
+    p = make_pool(server.url, max_size=10, timeout=5.0)
+    failures, ok = [], []
+
+    def work():
+        for _ in range(50):
+            try:
+                with p.client() as r:
+                    assert r.echo("x") == b"x"
+                    gevent.sleep(0.001)
+                ok.append(1)
+            except Exception as error:  # noqa: BLE001 -- any failure is the finding
+                failures.append(repr(error))
+
+    gevent.joinall([gevent.spawn(work) for _ in range(30)], timeout=60, raise_error=True)
+    assert failures == [] and len(ok) == 1500
+    assert stat(p, S.CONNECTIONS_ERRORS) >= 1  # Redis did refuse connections
+    assert stat(p, S.POOL_SIZE) <= 3
+    assert_settled(p)
+    lone = make_pool(server.url, max_size=10, timeout=5.0)
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError, match="max number of clients reached"):
+        lone.getconn()
+    assert time.monotonic() - started < 1.0

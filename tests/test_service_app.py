@@ -1,8 +1,6 @@
 """The WSGI app in-process against a real redis-server: every route, every refusal, and Redis unchanged after
 each refused write. (tests/test_service_gunicorn.py runs the same app under real gunicorn processes.)
 """
-import io
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,41 +8,15 @@ from pathlib import Path
 import gevent
 import pytest
 
+from pool.testing import dump_all, wsgi_call
+from pool.testing.wsgi import JSON
 from wsgi_app.errors import HTTPError
 from wsgi_app.service import create_app
 from wsgi_app.settings import SettingsError, load, redact_url
 from wsgi_app.validation import Limits, parse_key
 
-JSON = "application/json"
-
-
-def call(app, method, path, body=None, content_type=JSON, headers=None, content_length=None):
-    """Run one request through the WSGI callable; returns (status code, headers dict, decoded JSON or None)."""
-    raw = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else b"")
-    environ = {
-        "REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO(raw),
-        "CONTENT_LENGTH": str(len(raw) if content_length is None else content_length) if raw or content_length else "",
-    }
-    if content_type and body is not None:
-        environ["CONTENT_TYPE"] = content_type
-    for name, value in (headers or {}).items():
-        environ["HTTP_" + name.upper().replace("-", "_")] = value
-    captured = {}
-
-    def start_response(status, response_headers):
-        captured["status"] = int(status.split()[0])
-        captured["headers"] = dict(response_headers)
-
-    payload = b"".join(app(environ, start_response))
-    if payload:
-        assert captured["headers"]["Content-Type"] == JSON
-        assert int(captured["headers"]["Content-Length"]) == len(payload)
-    return captured["status"], captured["headers"], json.loads(payload) if payload else None
-
-
-def snapshot(admin):
-    """Everything in Redis, exactly (DUMP of every key)."""
-    return {key: admin.dump(key) for key in admin.keys("*")}
+call = wsgi_call  # (status code, headers, decoded JSON or None)
+snapshot = dump_all  # everything in Redis, exactly (DUMP of every key)
 
 
 @pytest.fixture

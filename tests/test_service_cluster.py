@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import gevent
 import pytest
+from redis.exceptions import ResponseError
 
 from pool.testing import service_clients
 
@@ -158,3 +159,64 @@ def migrate_under_load(service, cluster, tags, moves, clients, pre=150):
     for tag in tags:
         for i in range(pre):
             assert service.request("GET", "/hashes/" + quote(f"{tag}pre{i}")).json() == {"i": str(i)}
+
+
+def test_writes_in_a_slot_halfway_through_a_migration_take_effect_whole(service, cluster):
+    """A slot halfway through a migration (MIGRATING on its owner, IMPORTING on the target, half its keys moved):
+    PUT that drops a field, PATCH and DELETE, on keys on either side and on new keys, each take effect whole on
+    exactly one node (ASK to the target for a key moved or new). The scripts never delete their key and write it
+    again: such a script is refused halfway in a migrating slot ("non local key"), its DEL done, as the control
+    at the end shows."""
+    admin = cluster.admin(cluster.nodes[0].port)
+    slot = admin.execute_command("CLUSTER", "KEYSLOT", PREFIX + "{mig}")
+    source = cluster.slot_owner(slot)
+    ports = [port for _, port in cluster.addresses]
+    target = ports[(ports.index(source) + 1) % len(ports)]
+    names = [f"{{mig}}k{i}" for i in range(10)]
+    for name in names:
+        assert service.request("PUT", "/hashes/" + quote(name), {"old": "1", "keep": "2"}, AUTH).status == 201
+    source_admin, target_admin = cluster.admin(source), cluster.admin(target)
+    control = PREFIX + "{mig}control"
+    source_admin.hset(control, "a", "1")  # before MIGRATING: then a new key there is redirected to the target
+    try:
+        target_admin.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(source))
+        source_admin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(target))
+        source_admin.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS",
+                                     *[PREFIX + name for name in names[:5]])
+        expected = {}
+        for name in names:
+            assert service.request("PUT", "/hashes/" + quote(name), {"keep": "3", "new": "4"}, AUTH).status == 200
+            reply = service.request("PATCH", "/hashes/" + quote(name), {"more": "5"}, AUTH)
+            expected[name] = {"keep": "3", "new": "4", "more": "5"}
+            assert (reply.status, reply.json()) == (200, expected[name])
+        for i in range(3):
+            fresh = f"{{mig}}fresh{i}"
+            assert service.request("PATCH", "/hashes/" + quote(fresh), {"a": str(i)}, AUTH).status == 201
+            expected[fresh] = {"a": str(i)}
+        for name in (names[0], names[9]):  # one moved, one not
+            assert service.request("DELETE", "/hashes/" + quote(name), headers=AUTH).status == 204
+            expected[name] = None
+        def keys_on(node):  # a plain read of a key in the slot would be redirected (ASK, MOVED)
+            return set(node.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000))
+
+        on_source, on_target = keys_on(source_admin), keys_on(target_admin)
+        assert not on_source & on_target
+        for name, fields in expected.items():
+            key = PREFIX + name
+            if fields is None:
+                assert key not in on_source | on_target, name
+            elif key in on_source:
+                assert source_admin.hgetall(key) == fields, name
+            else:
+                asking = target_admin.pipeline(transaction=False)  # ASKING and the read on one connection
+                asking.execute_command("ASKING").hgetall(key)
+                assert key in on_target and asking.execute()[1] == fields, name
+        assert len(on_target) >= 6 and len(on_source) >= 3  # both sides took writes
+
+        with pytest.raises(ResponseError, match="non local key"):
+            source_admin.eval("redis.call('DEL', KEYS[1]); return redis.call('HSET', KEYS[1], 'b', '2')", 1, control)
+        assert control not in keys_on(source_admin) | keys_on(target_admin)  # the DEL stayed done
+    finally:
+        cluster.migrate_slot(slot, target)  # finish the move: the module's other tests need a settled cluster
+    for name, fields in expected.items():
+        assert service.request("GET", "/hashes/" + quote(name)).status == (404 if fields is None else 200)

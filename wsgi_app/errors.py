@@ -1,6 +1,6 @@
 """Every way a request can be refused, as one exception that carries its HTTP status and JSON error body."""
 
-__all__ = ["HTTPError", "WrongType"]
+__all__ = ["HTTPError", "HashTooLarge", "WrongType"]
 
 
 class HTTPError(Exception):
@@ -16,3 +16,12 @@ class HTTPError(Exception):
 
 class WrongType(Exception):
     """The key exists in Redis but holds another type than a hash."""
+
+
+class HashTooLarge(Exception):
+    """The hash holds (or a PATCH would make it hold) more than MAX_HASH_FIELDS fields or MAX_HASH_BYTES bytes."""
+
+    def __init__(self, fields, size):
+        super().__init__(f"{fields} fields, {size} bytes")
+        self.fields = fields
+        self.size = size

@@ -11,13 +11,12 @@ import threading
 from time import perf_counter
 
 from gevent import Timeout
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
-from . import store
-from .errors import HTTPError, WrongType
+from . import refusals, store
+from .errors import HashTooLarge, HTTPError, WrongType
 from .metrics import UNMATCHED, ServiceMetrics
+from .readiness import Readiness
 from .settings import load
 from .validation import Limits, flatten_hash, parse_hash_body, parse_key
 from .worker_pool import WorkerPool
@@ -72,6 +71,10 @@ class Service:
         self.unavailable_headers = [("Retry-After", str(settings.retry_after))]
         self.token = f"Bearer {settings.api_token}".encode() if settings.api_token else None
         self.metrics = ServiceMetrics(settings.metrics_dir, pool.peek, settings.metrics_interval)
+        self.max_hash_fields = settings.max_hash_fields
+        self.max_hash_bytes = settings.max_hash_bytes
+        self.readiness = Readiness(settings.key_prefix, settings.readyz_check_interval)
+        self.refusal_log = refusals.RefusalLog(refusals.secrets_in_url(settings.redis_url))
         self.routes = {}
         self.add_route("/", {"GET": self.get_default, "HEAD": self.get_default})
         self.add_route("/healthz", {"GET": self.healthz, "HEAD": self.healthz})
@@ -142,18 +145,24 @@ class Service:
             return error_response(504, "timeout", detail)
         except WrongType as exc:
             return error_response(409, "wrong_type", str(exc))
-        except (RedisConnectionError, RedisTimeoutError) as exc:  # pool exhausted or closed, Redis unreachable
-            return error_response(503, "unavailable", str(exc) or type(exc).__name__, self.unavailable_headers)
-        except OutOfMemoryError as exc:  # maxmemory reached with noeviction: this write is refused, reads still work
-            return error_response(507, "insufficient_storage", str(exc))
-        except RedisError as exc:
-            log.warning("Redis error on %s %s: %r", environ["REQUEST_METHOD"], path[:200], exc)
-            return error_response(500, "redis_error", str(exc))
+        except HashTooLarge as exc:
+            detail = (f"the hash is over its bounds with {exc.fields} fields and {exc.size} bytes of names and values "
+                      f"(MAX_HASH_FIELDS {self.max_hash_fields}, MAX_HASH_BYTES {self.max_hash_bytes}); "
+                      "nothing was changed")
+            return error_response(409, "hash_too_large", detail)
+        except RedisError as exc:  # refused by Redis, or Redis out of reach: never redis-py's text (it names hosts)
+            return self.refused(refusals.classify(exc), f"{environ['REQUEST_METHOD']} {path[:200]}", exc)
         except Exception:
             log.exception("unhandled error on %s %s", environ["REQUEST_METHOD"], path[:200])
             return error_response(500, "internal_error", "see the server log")
         finally:
             timer.close()
+
+    def refused(self, refusal, what, cause):
+        """The answer for a ``refusals.Refusal``; the cause goes to the log (redacted, rate-limited)."""
+        self.refusal_log.note(refusal, what, cause)
+        headers = self.unavailable_headers if refusal.retry else ()
+        return error_response(refusal.status, refusal.error, refusal.body_detail, headers)
 
     # -- request checks ----------------------------------------------------------------------------------------
 
@@ -197,7 +206,7 @@ class Service:
         try:
             return environ["wsgi.input"].read(size)
         except Exception as exc:  # noqa: BLE001 -- the server refused the body's framing (a bad chunk): the client's error
-            raise HTTPError(400, "invalid_body", f"the body could not be read: {str(exc)[:200]}") from None
+            raise HTTPError(400, "invalid_body", f"the body could not be read ({type(exc).__name__})") from None
 
     # -- handlers ------------------------------------------------------------------------------------------------
 
@@ -205,9 +214,19 @@ class Service:
         return self.healthz_response
 
     def readyz(self, environ, name):
-        with self.pool.get().client(timeout=self.pool_timeout) as client:
-            client.ping()
-        return json_response(200, {"status": "ready"})
+        """200 when Redis answers a PING and (``readiness``) lets the service read and write; else 503."""
+        try:
+            with self.pool.get().client(timeout=self.pool_timeout) as client:
+                client.ping()
+                answer = self.readiness.check(client)
+        except RedisError as exc:
+            answer = refusals.classify(exc), [f"{type(exc).__name__}: {exc}"]
+        if answer is None:
+            return json_response(200, {"status": "ready"})
+        refusal, problems = answer
+        self.refusal_log.note(refusal, "GET /readyz", "; ".join(problems))
+        headers = self.unavailable_headers if refusal.retry else ()
+        return error_response(503, refusal.error, f"not ready: {refusal.detail}", headers)
 
     def stats(self, environ, name):
         return json_response(200, {"pid": os.getpid(), "pool": self.pool.get().get_stats()})
@@ -220,7 +239,7 @@ class Service:
         """HGETALL ``key`` through the pool's client (a pinned connection, or the cluster client routing the key);
         checkouts wait up to the pool's timeout, POOL_TIMEOUT."""
         with self.pool.get().client() as client:
-            return store.get_hash(client, key)
+            return store.get_hash(client, key, self.max_hash_fields, self.max_hash_bytes)
 
     def get_default(self, environ, name):
         return json_response(200, self.read_hash(self.default_key) or {})
@@ -245,7 +264,8 @@ class Service:
         key = self.key(name)
         mapping = self.read_json_object(environ)
         with self.pool.get().client() as client:
-            created, merged = store.merge_hash(client, key, flatten_hash(mapping))
+            created, merged = store.merge_hash(client, key, flatten_hash(mapping), self.max_hash_fields,
+                                               self.max_hash_bytes)
         return json_response(201 if created else 200, merged)
 
     def delete_hash(self, environ, name):

@@ -41,6 +41,9 @@ class Settings:
     max_field_bytes: int  # per field name and per value
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py sets it); empty: this process's metrics only
     metrics_interval: float = 1.0  # METRICS_INTERVAL: seconds between readings of the pool's stats; 0: at scrape only
+    max_hash_fields: int = 1000  # MAX_HASH_FIELDS: fields a hash may hold (PATCH refuses to grow it beyond)
+    max_hash_bytes: int = 1024 * 1024  # MAX_HASH_BYTES: bytes of field names and values a hash may hold
+    readyz_check_interval: float = 2.0  # READYZ_CHECK_INTERVAL: seconds /readyz reuses its permission check
 
 
 def env_str(name, default, environ=None):
@@ -93,6 +96,8 @@ def load(environ=None):
     else:
         check_redis_url(redis_url)
     max_size = env_int("POOL_MAX_SIZE", 10, minimum=1, environ=env)
+    max_body = env_int("MAX_BODY_BYTES", 64 * 1024, minimum=2, environ=env)
+    max_fields = env_int("MAX_FIELDS", 1000, minimum=1, maximum=3000, environ=env)  # Lua unpack() limit
     settings = Settings(
         redis_url=redis_url,
         embedded=embedded,
@@ -107,16 +112,30 @@ def load(environ=None):
         key_prefix=env_str("KEY_PREFIX", "greenpool:", env),
         default_key=env_str("DEFAULT_KEY", "key", env),
         api_token=env_str("API_TOKEN", "", env),
-        max_body_bytes=env_int("MAX_BODY_BYTES", 64 * 1024, minimum=2, environ=env),
+        max_body_bytes=max_body,
         max_key_bytes=env_int("MAX_KEY_BYTES", 256, minimum=1, maximum=64 * 1024, environ=env),
-        max_fields=env_int("MAX_FIELDS", 1000, minimum=1, maximum=3000, environ=env),  # Lua unpack() limit
+        max_fields=max_fields,
         max_field_bytes=env_int("MAX_FIELD_BYTES", 16 * 1024, minimum=1, environ=env),
         metrics_dir=env_str("PROMETHEUS_MULTIPROC_DIR", "", env),
         metrics_interval=env_float("METRICS_INTERVAL", 1.0, minimum=0.0, environ=env),
+        **_hash_bounds(env, max_fields, max_body),
+        readyz_check_interval=env_float("READYZ_CHECK_INTERVAL", 2.0, minimum=0.0, environ=env),
     )
     if not settings.default_key:
         raise SettingsError("DEFAULT_KEY must not be empty")
     return settings
+
+
+def _hash_bounds(env, max_fields, max_body):
+    """MAX_HASH_FIELDS and MAX_HASH_BYTES: at least what one PUT may write (MAX_FIELDS, MAX_BODY_BYTES), so a
+    valid PUT always fits; together they bound every reply (GET's and PATCH's: the whole hash)."""
+    bounds = {"max_hash_fields": env_int("MAX_HASH_FIELDS", max_fields, minimum=1, environ=env),
+              "max_hash_bytes": env_int("MAX_HASH_BYTES", max(1024 * 1024, max_body), minimum=1, environ=env)}
+    for name, value, floor, floor_name in (("MAX_HASH_FIELDS", bounds["max_hash_fields"], max_fields, "MAX_FIELDS"),
+                                           ("MAX_HASH_BYTES", bounds["max_hash_bytes"], max_body, "MAX_BODY_BYTES")):
+        if value < floor:
+            raise SettingsError(f"{name} must be >= {floor_name} ({floor}), got {value}")
+    return bounds
 
 
 def check_redis_url(url):

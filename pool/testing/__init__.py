@@ -3,10 +3,10 @@
 ``faults`` (a fault-injecting TCP proxy, a silent listener, frozen/killed/restarted redis-servers),
 ``topology`` (Sentinel and Cluster), ``gunicorn`` (a real gunicorn master), ``http`` (a small HTTP client),
 ``load`` (checked HTTP load), ``fuzz`` (hostile HTTP), ``wait`` (``wait_until``), ``clients`` (CLIENT LIST
-filters), ``procs`` (/proc). The redis-server process itself is ``pool.server``. Loopback only; nothing here
-imports pytest or the service.
+filters, ``dump_all``), ``procs`` (/proc), ``wsgi`` (a WSGI app called in-process). The redis-server process
+itself is ``pool.server``. Loopback only; nothing here imports pytest or the service.
 """
-from .clients import server_clients, service_clients
+from .clients import dump_all, server_clients, service_clients
 from .faults import FaultProxy, SilentListener, frozen, kill_server, restart_server
 from .fuzz import FuzzGenerator, acceptable
 from .gunicorn import Gunicorn, minimal_env
@@ -15,6 +15,7 @@ from .load import Dataset, Load
 from .procs import child_pids, holders, process_alive
 from .topology import ClusterTopology, SentinelProcess, SentinelTopology
 from .wait import WaitTimeout, wait_until
+from .wsgi import wsgi_call
 
 __all__ = [
     "ClusterTopology",
@@ -32,6 +33,7 @@ __all__ = [
     "WaitTimeout",
     "acceptable",
     "child_pids",
+    "dump_all",
     "frozen",
     "holders",
     "http_request",
@@ -45,4 +47,5 @@ __all__ = [
     "server_clients",
     "service_clients",
     "wait_until",
+    "wsgi_call",
 ]

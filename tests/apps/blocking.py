@@ -25,7 +25,7 @@ def app(environ, start_response):
     if not path.startswith("/_block/"):
         return service(environ, start_response)
     with service.pool.get().client() as client:
-        store.get_hash(client, service.key(path[len("/_block/"):]))
+        store.get_hash(client, service.key(path[len("/_block/"):]), service.max_hash_fields, service.max_hash_bytes)
         client.echo(MARKER)
         _blocking_sleep(BLOCK_SECONDS)  # the whole worker stands still here
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
