@@ -286,3 +286,21 @@ def test_commands_on_a_held_connection_carry_no_per_command_ping(make_pool, admi
         gevent.sleep(0.3)
         r.get("k")
     assert command_calls(admin, "ping") == (0, 0)
+
+
+def test_a_single_connection_client_on_a_multiplexed_pool_can_set_its_password(make_pool, admin):
+    """``r.connection.password = ...`` (redis-py's own tests re-authenticate this way) on a single-connection
+    client of a multiplexed pool reaches the connection that reconnects: it authenticates with it."""
+    p = make_pool("auth", max_size=4, multiplex=1)
+    r = redis.Redis(connection_pool=p, single_connection_client=True)
+    admin.ping()  # its connection is open before the password is set: it can undo it
+    try:
+        r.config_set("requirepass", "s3cret")  # exclusive: the client holds that connection from now on
+        r.connection.password = "s3cret"
+        r.connection.disconnect()
+        assert r.ping() is True  # reconnected, and authenticated with the new password
+        assert r.connection.password == "s3cret"
+    finally:
+        admin.execute_command("AUTH", "s3cret")
+        admin.config_set("requirepass", "")
+        r.close()
