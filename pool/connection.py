@@ -5,11 +5,17 @@ state that outlives a command (MULTI, WATCH, SUBSCRIBE, SELECT, ...). The pool r
 connection comes back, so it never depends on redis-py's own checkout probe, which redis-py 8.1 skips
 when maintenance notifications are on. A connection that owes a reply is exactly the one that would hand
 one request another request's answer.
+
+The pool also sets, on each new connection, its default client name (sent after redis-py's handshake, and
+skipped when the server refuses it with NOPERM) and the interval of redis-py's keepalive, which only a
+connection that subscribes switches on: pub/sub needs it, the per-command hot path does not.
 """
 from __future__ import annotations
 
 import select
 import socket
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -17,7 +23,8 @@ from typing import TYPE_CHECKING, Any, cast
 from gevent.monkey import get_original
 from redis.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import InvalidResponse, NoPermissionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["ReplyTracking", "tracked_class"]
 
@@ -27,6 +34,11 @@ else:
     _ConnectionBase = object
 
 _poll = get_original("select", "poll")  # the real poll: a zero-timeout check must not yield to the hub
+
+# An exception in flight that makes a disconnect() a fault, not the holder's choice (PubSub.close(), ...).
+_FAULTS = (RedisConnectionError, RedisTimeoutError, OSError, InvalidResponse)
+_SUBSCRIBE = frozenset(spelling for name in ("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE")
+                       for spelling in (name, name.lower(), name.encode(), name.lower().encode()))
 
 _TRANSACTION, _COMMIT, _WATCH, _UNWATCH, _TAINT, _CLIENT = range(6)
 # CLIENT subcommands that change what the connection replies or who it is; CLIENT LIST and friends do not.
@@ -57,6 +69,11 @@ class ReplyTracking(_ConnectionBase):
     _batch = 0  # commands in the last pack_commands(), sent by the next send_packed_command()
     _poller: Any = None  # a select.poll() on the socket while connected
     _retired = False  # closed by the pool for good: a holder that kept it must not quietly reconnect
+    _closed_on_purpose = False  # the last disconnect() was the holder's choice (pubsub.close()), not a fault
+    # Set by the pool on each new connection:
+    default_name: str | None = None  # CLIENT SETNAME after the handshake; an ACL refusal leaves it unnamed
+    name_refused = False  # the server refused that CLIENT SETNAME (NOPERM)
+    pubsub_health_check_interval: float = 0  # redis-py's keepalive, switched on by the first SUBSCRIBE
 
     def _note(self, args: Sequence[Any]) -> None:
         effect = _EFFECTS[args[0]]
@@ -74,6 +91,11 @@ class ReplyTracking(_ConnectionBase):
             self._watching = False
         else:
             self._tainted = True
+            if args[0] in _SUBSCRIBE and self.pubsub_health_check_interval:
+                # A pub/sub connection from now on (it is discarded when it comes back): redis-py's own
+                # keepalive PINGs it when idle, as behind a proxy or NAT it must be. Other connections are
+                # checked by the pool at checkout and keep redis-py's per-command check off.
+                self.health_check_interval = self.pubsub_health_check_interval  # type: ignore[assignment]
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         if args[0] in _EFFECTS:
@@ -119,12 +141,33 @@ class ReplyTracking(_ConnectionBase):
             raise RedisConnectionError("this connection was closed by its pool (closed, or discarded); borrow another")
         super().connect_check_health(*args, **kwargs)
         self._clear_session()  # commands sent while connecting (AUTH, SELECT, CLIENT SETNAME) are the baseline
+        self._closed_on_purpose = False
+        if self.pubsub_health_check_interval:  # the keepalive counts from the handshake, as redis-py's does
+            # redis-py annotates both as int and stores floats itself
+            self.next_health_check = time.monotonic() + self.pubsub_health_check_interval  # type: ignore[assignment]
         self._poller = _poll()
         self._poller.register(cast(socket.socket, self._sock).fileno(), select.POLLIN)
 
-    def disconnect(self, *args: Any) -> None:
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        super().on_connect_check_health(check_health=check_health)
+        name = self.default_name
+        if name is not None and not self.client_name and not self.name_refused:
+            self._set_default_name(name)
+
+    def _set_default_name(self, name: str) -> None:
+        """The pool's own client name, after the handshake: a user whose ACL lacks ``client|setname`` still
+        connects (unnamed), as it does through redis-py's pool, which names nothing by default."""
+        self.send_command("CLIENT", "SETNAME", name, check_health=False)
+        try:
+            self.read_response()
+        except NoPermissionError:
+            self.name_refused = True
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> None:
         self._poller = None
-        super().disconnect(*args)
+        if self._sock is not None:
+            self._closed_on_purpose = not args and "error" not in kwargs and not _fault_in_flight()
+        super().disconnect(*args, **kwargs)
         self._clear_session()
 
     def _clear_session(self) -> None:
@@ -133,9 +176,10 @@ class ReplyTracking(_ConnectionBase):
 
     # -- what the pool asks -------------------------------------------------------------------------
     def return_problem(self) -> str | None:
-        """None when the connection can be lent again as it is, else 'error' (closed) or 'reset'."""
+        """None when the connection can be lent again as it is, else 'error' (closed by a fault) or 'reset'
+        (session state, replies owed, or closed by its holder on purpose, as ``pubsub.close()`` does)."""
         if self._sock is None:
-            return "error"
+            return "reset" if self._closed_on_purpose else "error"
         if self._owed or self._in_transaction or self._watching or self._tainted:
             return "reset"
         return None
@@ -150,6 +194,13 @@ class ReplyTracking(_ConnectionBase):
         sock, self._sock, self._poller = self._sock, None, None
         if sock is not None:
             sock.close()
+
+
+def _fault_in_flight() -> bool:
+    """True when the exception being handled is a connection fault or a cancellation: redis-py disconnects
+    from its ``except`` blocks after a socket error, a timeout, a protocol error or a ``BaseException``."""
+    error = sys.exc_info()[1]
+    return error is not None and (isinstance(error, _FAULTS) or not isinstance(error, Exception))
 
 
 def _close_sockets_in(tb: TracebackType | None) -> None:

@@ -57,6 +57,7 @@ def _remaining(timeout: float | None, deadline: float | None) -> float | None:
     return timeout if deadline is None else max(0.0, deadline - time.monotonic())
 
 _NOTHING_TO_CHECK = float("inf")
+_CLOSE_ON_RETURN = float("-inf")  # the expiry of a borrowed slot that must close when it comes back
 
 # Reconnect backoff after a failed open: full jitter on base * 2**failures, capped so recovery stays quick.
 BACKOFF_BASE = 0.05
@@ -334,8 +335,8 @@ class Pool(Generic[Resource]):
         now = time.monotonic()
         if problem is not None:
             self._discard_slot(slot, problem)
-        elif slot.expires <= now:
-            self._discard_slot(slot, "lifetime")
+        elif slot.expires <= now:  # past its lifetime, or marked by _close_idle(borrowed=True)
+            self._discard_slot(slot, "lifetime" if slot.expires != _CLOSE_ON_RETURN else None)
         else:
             self._give_back(slot, now)
 
@@ -376,6 +377,21 @@ class Pool(Generic[Resource]):
                 self._drained.set()
         elif self._size < self.min_size:
             self._wakeup.set()
+
+    def _close_idle(self, borrowed: bool = False, keep: Callable[[Resource], bool] | None = None) -> None:
+        """Close the idle resources now (the pool stays open; new ones open on demand). With ``borrowed``,
+        the borrowed ones too, each when it comes back: never under its holder. ``keep`` spares the
+        borrowed resources it accepts."""
+        while True:
+            try:
+                slot = self._idle.get_nowait()
+            except Empty:
+                break
+            self._discard_slot(slot, None)
+        if borrowed:
+            for resource, slot in self._borrowed.items():
+                if keep is None or not keep(resource):
+                    slot.expires = _CLOSE_ON_RETURN
 
     # -- background work ------------------------------------------------------------------------------
     def _start_housekeeper(self) -> None:

@@ -174,6 +174,15 @@ class SharedHandle:
         return self._pool.connection_kwargs["retry"]
 
     @property
+    def password(self) -> Any:
+        return self._exclusive.password if self._exclusive is not None else self._pool.connection_kwargs.get("password")
+
+    @password.setter
+    def password(self, value: Any) -> None:
+        """A client re-authenticating its connection (redis-py's own tests do): the exclusive connection's."""
+        self.exclusive().password = value
+
+    @property
     def host(self) -> Any:
         return self._exclusive.host if self._exclusive is not None else self._pool.connection_kwargs.get("host")
 

@@ -1,6 +1,8 @@
 """The Redis binding: the core pool lending redis-py connections, usable wherever redis-py takes a pool."""
 from __future__ import annotations
 
+import copy
+import logging
 import re
 import sys
 import threading
@@ -19,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from . import forks
 from .client import DELEGATED, PooledRedis
 from .connection import ReplyTracking, tracked_class
 from .core import Pool
@@ -37,6 +40,8 @@ _P = TypeVar("_P", bound="RedisPool")
 
 __all__ = ["RedisPool"]
 
+logger = logging.getLogger("pool")
+
 _NOT_A_NAME_CHAR = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
@@ -44,9 +49,12 @@ class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
     """A greenlet-safe pool of redis-py connections that ``redis.Redis(connection_pool=...)`` accepts.
 
     Pool options are the core ``Pool``'s plus ``health_check_interval`` (default 30 s: a connection idle
-    longer than this is PINGed at checkout; 0 or None = never). Every other keyword is a redis-py connection
-    argument (``host``, ``port``, ``db``, ``password``, ``socket_timeout``, ...). Connections carry the
-    client name ``greenpool:<name>``. Commands are never retried: ``retry`` defaults to no retries.
+    longer than this is PINGed at checkout, and a subscribed one gets redis-py's keepalive PING at this
+    interval; 0 or None = never). Every other keyword is a redis-py connection argument (``host``, ``port``,
+    ``db``, ``password``, ``socket_timeout``, ...). Connections are named ``greenpool:<name>`` unless
+    ``client_name`` gives a name (None keeps ours); a user whose ACL refuses CLIENT SETNAME connects
+    unnamed. Nothing is retried unless asked for: ``retry=``, or ``retry_on_error`` / ``retry_on_timeout``
+    (without ``retry=``: one retry, no backoff, as redis-py's ``Connection`` does); ``self.retry`` is the policy.
 
     ``multiplex`` (default 0: off) is the number of shared connections: with ``multiplex=N`` the commands
     that may share (``pool.commands``) from ``redis.Redis(connection_pool=p)``, ``PooledRedis``,
@@ -89,9 +97,14 @@ class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
         super().__init__(max_size=max_size, min_size=min_size, timeout=timeout, max_waiting=max_waiting,
                          max_lifetime=max_lifetime, max_idle=max_idle, leak_threshold=leak_threshold, name=name)
         self.health_check_interval = health_check_interval
-        connection_kwargs.setdefault("retry", Retry(NoBackoff(), 0))
-        connection_kwargs.setdefault("client_name", "greenpool:" + _NOT_A_NAME_CHAR.sub("_", self.name))
-        connection_kwargs["health_check_interval"] = 0  # the pool checks at checkout, not before every command
+        self.retry = connection_kwargs["retry"] = _retry_policy(connection_kwargs)
+        if not connection_kwargs.get("client_name"):  # None or "" (kombu passes None): the pool's own name
+            connection_kwargs.pop("client_name", None)
+            self._default_name: str | None = "greenpool:" + _NOT_A_NAME_CHAR.sub("_", self.name)
+        else:
+            self._default_name = None
+        # The pool checks at checkout, not before every command; pub/sub connections get redis-py's keepalive.
+        connection_kwargs["health_check_interval"] = 0
         if connection_kwargs.pop("cache", None) is not None or connection_kwargs.pop("cache_config", None) is not None:
             raise ValueError("client-side caching (cache, cache_config) is not supported by RedisPool")
         self.connection_class = tracked_class(connection_class)
@@ -108,6 +121,8 @@ class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
         and reads the handshake replies (CLIENT SETNAME, ...) with ``socket_timeout``, so a listener that
         accepts and never answers would hold the checkout that long (forever if ``socket_timeout=None``)."""
         connection = self.connection_class(**self.connection_kwargs)
+        connection.default_name = self._default_name
+        connection.pubsub_health_check_interval = self.health_check_interval or 0
         deadline = connection.socket_connect_timeout
         timer = gevent.Timeout(deadline)  # a BaseException: every layer below closes what it opened
         try:
@@ -118,6 +133,10 @@ class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
             if error is timer:
                 raise RedisTimeoutError(f"Timeout connecting to server: no handshake within {deadline}s") from None
             raise
+        if connection.name_refused:
+            self._default_name = None  # the next connections skip the round trip
+            logger.info("pool %r: the server refused CLIENT SETNAME (the user's ACL lacks client|setname); "
+                        "connections stay unnamed", self.name)
         return connection
 
     def _close_resource(self, connection: ReplyTracking) -> None:
@@ -220,20 +239,21 @@ class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
             raise ValueError("maintenance notifications are not supported by RedisPool")
 
     def disconnect(self, inuse_connections: bool = True) -> None:
-        """Close idle connections (and borrowed ones too, if asked); the pool stays open. Shared connections
-        are retired: they take no new commands, and close once the replies they owe have arrived."""
-        for slot in list(self._idle.queue):
-            slot.resource.disconnect()
+        """Close the idle connections now; the pool stays open and opens new ones on demand. With
+        ``inuse_connections`` (redis-py's default; django-redis calls it after each request with
+        ``CLOSE_CONNECTION``), borrowed connections close too, each when it comes back: a socket is never
+        closed under the greenlet using it. Shared connections are retired: they take no new commands and
+        close once the replies they owe have arrived."""
+        if self._generation != forks.generation:
+            return self._after_fork()  # the parent's connections: forgotten here, never closed
         mux = self._mux
-        if inuse_connections:
-            for connection in list(self._borrowed):
-                if mux is None or not mux.owns(connection):
-                    connection.disconnect()
+        self._close_idle(borrowed=inuse_connections, keep=None if mux is None else mux.owns)
         if mux is not None:
             mux.retire_all()
 
     def set_retry(self, retry: Retry) -> None:
-        self.connection_kwargs["retry"] = retry
+        """The retry policy of every connection from now on (redis-py's ``Redis.set_retry`` calls it)."""
+        self.retry = self.connection_kwargs["retry"] = retry
         for connection in [slot.resource for slot in self._idle.queue] + list(self._borrowed):
             connection.retry = retry
 
@@ -255,6 +275,23 @@ class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
         base = super().__repr__()
         shared = f" multiplex={self.multiplex}" if self.multiplex else ""
         return f"{base[:-1]}{shared} target={_describe_target(self.connection_kwargs)}>"
+
+
+def _retry_policy(kwargs: dict[str, Any]) -> Retry:
+    """The connections' ``Retry``: none unless asked for. ``retry=`` is used as given; ``retry_on_error`` and
+    ``retry_on_timeout`` add their errors to it and, without ``retry=``, mean what they mean to redis-py's
+    ``Connection``: one retry, no backoff."""
+    errors = list(kwargs.get("retry_on_error") or ())
+    if kwargs.get("retry_on_timeout"):
+        errors.append(RedisTimeoutError)
+    retry: Retry | None = kwargs.get("retry")
+    if retry is None:
+        retry = Retry(NoBackoff(), 1 if errors else 0)
+    elif errors:
+        retry = copy.deepcopy(retry)  # as redis-py does: the caller's object is not changed
+    if errors:
+        retry.update_supported_errors(errors)
+    return retry
 
 
 def _describe_target(kwargs: dict[str, Any]) -> str:
@@ -302,8 +339,8 @@ class _PinnedRedis(PooledRedis):
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         conn = self.connection
-        if conn is None or options or args[0] in DELEGATED:  # cut loose (PoolError), or options to parse
-            return super().execute_command(*args, **options)
+        if conn is None or options or args[0] in DELEGATED or conn.retry._retries:
+            return super().execute_command(*args, **options)  # cut loose (PoolError), options, or retries
         conn.send_command(*args)  # the common case of PooledRedis's path, without its give-back and options
         response = conn.read_response()
         callback = self.response_callbacks.get(args[0])
