@@ -144,6 +144,7 @@ class SharedConnection:
             reader_options["encoding"] = encoder.encoding
         self._reader = hiredis.Reader(**reader_options)
         self._push_type = getattr(hiredis, "PushNotification", None) if str(conn.protocol) == "3" else None
+        self._unfinished = False  # the reader holds part of a frame that arrived while nothing was owed
         self._address = _describe(conn)
         sock = conn._sock
         self._gsock = sock
@@ -312,6 +313,7 @@ class SharedConnection:
         sent = self._sent
         mux = self.mux
         hub_side = not self._tls
+        checked = False
         while sent:
             call = sent[0]
             try:
@@ -322,7 +324,12 @@ class SharedConnection:
                 return self.fail(RedisConnectionError(f"Protocol error from {self._address}: {error}"))
             if reply is _NOT_ENOUGH:
                 return
-            if self._push_type is not None and type(reply) is self._push_type:
+            is_push = self._push_type is not None and type(reply) is self._push_type
+            if self._unfinished:  # the frame that was incomplete when nothing was owed: nobody's reply
+                self._unfinished = False
+                if not is_push:
+                    return self.fail(self._unsolicited())
+            if is_push:
                 logger.debug("pool %r: push message on a shared connection ignored: %r", mux.pool.name, reply)
                 continue
             if call.replies is not None:
@@ -331,9 +338,13 @@ class SharedConnection:
                 if call.left:
                     continue
                 reply = call.replies
-                self.owed -= len(reply)
-            else:
-                self.owed -= 1
+            if len(sent) == 1:
+                # The last reply owed on the wire. Whatever else is buffered is nobody's, and must be found
+                # before the caller runs: it may write its next command at once, which would read it.
+                checked = True
+                if not self._check_unsolicited():
+                    return  # failed, this call too: a stream with a reply too many may have shifted before
+            self.owed -= 1 if call.replies is None else len(reply)
             sent.popleft()
             if call.state == SENT:
                 call.state = DONE
@@ -347,24 +358,35 @@ class SharedConnection:
                 return  # the caller we ran closed or failed this connection
             if mux._capacity_waiters:
                 mux._wake_capacity()
-        self._check_unsolicited()
+        if not checked:
+            self._check_unsolicited()
         if not self.owed:
             self._idle()
 
-    def _check_unsolicited(self) -> None:
-        """Nobody waits for a reply: any complete reply now (other than a push message) breaks the protocol."""
-        has_data = getattr(self._reader, "has_data", None)
-        if has_data is not None and not has_data():
-            return
-        while True:
+    def _check_unsolicited(self) -> bool:
+        """Nothing is owed on the wire: a complete reply buffered now (other than a push message) breaks the
+        protocol and fails the connection (False). An incomplete frame is remembered (``_unfinished``): it
+        completes before any reply that follows, and then it must be a push message, or the connection fails.
+        (hiredis cannot show an incomplete array whose elements so far are complete: that one goes unseen.)"""
+        reader = self._reader
+        has_data = getattr(reader, "has_data", None)
+        while has_data is None or has_data():
             try:
-                reply = self._reader.gets()
+                reply = reader.gets()
             except Exception as error:  # noqa: BLE001
-                return self.fail(RedisConnectionError(f"Protocol error from {self._address}: {error}"))
+                self.fail(RedisConnectionError(f"Protocol error from {self._address}: {error}"))
+                return False
             if reply is _NOT_ENOUGH:
-                return
+                self._unfinished = has_data is not None
+                return True
             if self._push_type is None or type(reply) is not self._push_type:
-                return self.fail(RedisConnectionError(f"Unexpected reply from {self._address} (nobody asked for it)"))
+                self.fail(self._unsolicited())
+                return False
+            logger.debug("pool %r: push message on a shared connection ignored: %r", self.mux.pool.name, reply)
+        return True
+
+    def _unsolicited(self) -> RedisConnectionError:
+        return RedisConnectionError(f"Unexpected reply from {self._address} (nobody asked for it)")
 
     def _idle(self) -> None:
         if not self.alive:
