@@ -232,7 +232,8 @@ class Multiplexer:
             pool.discard(conn, None)
             raise
         self.socket_timeout = conn.socket_timeout
-        self._tick = 1.0 if not self.socket_timeout else min(1.0, max(0.005, self.socket_timeout / 4))
+        limit = self.socket_timeout or pool.health_check_interval  # how long replies may be owed in silence
+        self._tick = min(1.0, max(0.005, limit / 4)) if limit else 1.0
         return shared
 
     # -- waiting for room -------------------------------------------------------------------------------
@@ -295,23 +296,38 @@ class Multiplexer:
             timer.start(self._on_timer)
 
     def _on_timer(self) -> None:
-        """Every tick while calls are owed: fail a connection whose replies are owed past ``socket_timeout``."""
+        """Every tick while calls are owed: fail a connection whose replies are owed past ``socket_timeout``;
+        without a ``socket_timeout``, put aside one that has heard nothing for ``health_check_interval``."""
         try:
             now = time.monotonic()
             busy = False
+            silence_limit = self.pool.health_check_interval
             for shared in list(self._alive):
                 if not shared.owed:
                     continue
                 busy = True
-                if self.socket_timeout and now - shared.progress > self.socket_timeout:
+                silent_for = now - shared.progress
+                if self.socket_timeout and silent_for > self.socket_timeout:
                     what = "writing to socket" if shared.queued and shared._out else f"reading from {shared._address}"
                     shared.fail(RedisTimeoutError(f"Timeout {what}"))
+                elif not self.socket_timeout and silence_limit and silent_for > silence_limit:
+                    self._silent(shared)
             if now >= self._next_maintenance:
                 self._maintain(now)
             if not busy and self._timer is not None:
                 self._timer.stop()
         except BaseException:  # never into the hub
             logger.exception("pool %r: multiplexer timer failed", self.pool.name)
+
+    def _silent(self, shared: SharedConnection) -> None:
+        """Replies owed, no ``socket_timeout``, and nothing heard for ``health_check_interval``: perhaps a
+        peer gone without a FIN or RST, which nothing else would tell. On an exclusive connection each caller that
+        gives up discards it; here the callers give up their places only, so the connection takes no new
+        commands (they open a new one), and is closed once nobody waits on it. Those still waiting keep
+        their places: their replies may yet come."""
+        shared.retire("lost")
+        if shared.alive and not shared.has_waiters():
+            shared.fail(RedisTimeoutError(f"Timeout reading from {shared._address}"), "lost")
 
     def _maintain(self, now: float) -> None:
         """About once a second: retire connections past their lifetime; let the pool check them (Sentinel)."""

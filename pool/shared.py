@@ -468,6 +468,10 @@ class SharedConnection:
                 call.state = DONE
                 self._throw(call.waiter, _copy(error))
 
+    def has_waiters(self) -> bool:
+        """True while a caller (not the pool's own health check) still waits for a reply here."""
+        return any(call.state in (SENT, UNSENT) and not call.internal for call in (*self._sent, *self._unsent))
+
     def _throw(self, waiter: Waiter, error: BaseException) -> None:
         if waiter.greenlet is None or getcurrent() is self._hub:
             waiter.throw(error)

@@ -212,6 +212,38 @@ def test_blackhole_fails_waiters_with_timeout_then_recovers(make_pool, proxy, ow
     assert_settled(p)
 
 
+@pytest.mark.parametrize("while_", ["busy", "health check"])
+def test_a_silent_dead_connection_is_replaced_without_socket_timeout(make_pool, redis_factory, while_):
+    """socket_timeout=None and the peer of the shared connection is gone without a FIN or RST (here: its
+    server frozen for good, while the address now leads to a live server). Callers give up by their own
+    gevent.Timeout, as on the exclusive path, where each one discards its connection. On the shared path
+    the connection that owes replies and has heard nothing for health_check_interval takes no new commands:
+    later callers get a new connection and their own replies; the dead one is closed once nobody waits."""
+    dead, live = redis_factory(), redis_factory()
+    redis.Redis(port=live.port).mset({key: key for key in OWN_KEYS})
+    with FaultProxy("127.0.0.1", dead.port) as proxy:
+        p = make_pool(proxy.url, socket_timeout=None, health_check_interval=0.5)
+        r = PooledRedis(connection_pool=p)
+        r.ping()
+        if while_ == "health check":
+            gevent.sleep(0.6)  # idle past health_check_interval: the next command is preceded by a PING
+        dead.pause()
+        proxy.target = ("127.0.0.1", live.port)  # new connections reach the live server
+        served, gave_up = [], 0
+        deadline = time.monotonic() + 5
+        while not served and time.monotonic() < deadline:
+            try:
+                with gevent.Timeout(0.2):
+                    served.append(r.get("own:1"))
+            except gevent.Timeout:
+                gave_up += 1
+        dead.resume()
+        assert served == [b"own:1"], f"never served again ({gave_up} callers gave up)"
+        assert stat(p, S.MUX_CONNECTIONS_NUM) == 2
+        assert_serves_own_replies(p)
+        wait_until(lambda: len(p._mux._alive) == 1, what="the dead connection to be closed")
+
+
 # -- a reply cut in the middle ------------------------------------------------------------------------------
 HUGE = 8 * 1024 * 1024
 
