@@ -200,6 +200,12 @@ class SharedHandle:
             return None
         return self.exclusive().himport_registry
 
+    def extract_connection_details(self) -> str:
+        """redis-py's debug log of a failed call reads it: it must not borrow a connection in that error path."""
+        if self._exclusive is not None:
+            return str(self._exclusive.extract_connection_details())
+        return f"a shared connection of pool {self._pool.name!r}"
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)

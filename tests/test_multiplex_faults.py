@@ -123,6 +123,28 @@ def test_client_kill_fails_every_waiter_and_nothing_is_resent(make_pool, proxy, 
     assert_settled(p)
 
 
+def test_a_failed_shared_call_borrows_nothing_while_redis_py_logs_it(make_pool, proxy, admin, caplog):
+    """redis.Redis on the per-call handle, with redis-py's debug logging on: when the shared connection fails,
+    redis-py logs the connection's details before closing it. That borrows no exclusive connection (which
+    would cost a checkout, here a new connection's handshake through a slow network, before the caller
+    gets its ConnectionError, or a PoolTimeout instead of it on a full pool)."""
+    p = make_pool(proxy.url, timeout=1.0)
+    r = redis.Redis(connection_pool=p)
+    first = r.client_id()
+    caplog.set_level("DEBUG", logger="redis")
+    proxy.delay(0.2)
+    pending = gevent.spawn(r.get, "k")
+    gevent.sleep(0.05)
+    admin.client_kill_filter(_id=first)
+    started = time.monotonic()
+    assert isinstance(outcomes([pending])[0], RedisConnectionError)
+    assert time.monotonic() - started < 0.4
+    proxy.passthrough()
+    assert any("Operation failed" in message for message in caplog.messages)
+    assert stat(p, S.EXCLUSIVE_CHECKOUTS) == 0
+    assert r.get("k") is None
+
+
 def test_redis_restarted_fails_waiters_then_recovers(make_pool, redis_server, admin, own_keys):
     """The server restarts under callers: those waiting get ConnectionError, none hangs; once it is back,
     the pool opens a new shared connection and serves."""
