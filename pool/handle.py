@@ -54,7 +54,7 @@ class SharedHandle:
     # -- the commands --------------------------------------------------------------------------------------
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         if self._exclusive is None and may_share(args):
-            self._calls.append(self._pool._forked_mux().submit(args, NEVER_DECODE not in kwargs))
+            self._queue(pack(args), NEVER_DECODE not in kwargs)
             return
         self.exclusive().send_command(*args, **kwargs)
 
@@ -70,7 +70,7 @@ class SharedHandle:
                 # Parsed without decoding when the pool decodes: each reply is decoded when read, unless
                 # the caller reads it with disable_decoding (NEVER_DECODE commands in a pipeline).
                 decode = not self._pool.get_encoder().decode_responses
-                self._calls.append(self._pool._forked_mux().submit_batch(command.packed, decode))
+                self._queue(b"".join(command.packed), decode, len(command.packed))
                 return
             command = self._exclusive.pack_commands(command.commands)
         self.exclusive().send_packed_command(command, check_health=check_health)
@@ -79,6 +79,18 @@ class SharedHandle:
         if self._exclusive is not None:
             return self._exclusive.pack_command(*args)
         return [pack(args)]
+
+    def _queue(self, data: bytes, decode: bool, count: int = 1) -> None:
+        """On the shared path, behind this handle's own commands still unanswered, as on one connection: on
+        their shared connection, or (no room there) once their replies are in, never overtaking them."""
+        mux = self._pool._forked_mux()
+        calls = self._calls
+        call = mux.follow(calls[-1].shared, data, decode, count) if calls else None
+        if call is None:
+            while calls:
+                self._collect_next()
+            call = mux.submit(data, decode, count)
+        calls.append(call)
 
     def read_response(self, disable_decoding: bool = False, *, timeout: Any = SENTINEL,
                       disconnect_on_error: bool = True, push_request: bool = False) -> Any:

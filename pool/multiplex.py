@@ -72,19 +72,22 @@ class Multiplexer:
         call = shared.submit(data, decode)
         return raise_error(self.pool, shared, shared.wait(call))
 
-    def submit(self, args: Sequence[Any], decode: bool = True) -> Call:
-        """Queue one command; ``wait()`` on the call's shared connection for its reply."""
+    def submit(self, data: bytes, decode: bool, count: int = 1) -> Call:
+        """Queue a packed command (``count`` = 1) or a pipeline's commands as one contiguous batch; ``wait()``
+        on the call's shared connection for its reply (a batch's come back as one list)."""
         if self._generation != forks.generation:
-            return self.pool._forked_mux().submit(args, decode)
-        data = pack(args)
-        return self.pick(len(data)).submit(data, decode)
+            return self.pool._forked_mux().submit(data, decode, count)
+        return self.pick(len(data), count).submit(data, decode, count)
 
-    def submit_batch(self, packed: Sequence[bytes], decode: bool) -> Call:
-        """Queue a pipeline's commands as one contiguous batch; its replies come back as one list."""
-        if self._generation != forks.generation:
-            return self.pool._forked_mux().submit_batch(packed, decode)
-        data = b"".join(packed)
-        return self.pick(len(data), len(packed)).submit(data, decode, len(packed))
+    def follow(self, previous: SharedConnection, data: bytes, decode: bool, count: int = 1) -> Call | None:
+        """Queue behind a caller's own commands still unanswered on ``previous``: two commands run in the order
+        sent only on one connection. None when ``previous`` takes no more calls, has no room, or others wait
+        for room: the caller reads those replies first, then ``submit``s."""
+        if not previous.alive or previous.retiring or self._capacity_waiters:
+            return None
+        if not self._has_room(previous, len(data), count):
+            return None
+        return previous.submit(data, decode, count)
 
     def pick(self, size: int, count: int = 1) -> SharedConnection:
         """The shared connection for a command of ``size`` bytes: least in flight, within the bounds; waits
@@ -144,13 +147,15 @@ class Multiplexer:
     def _choose(self, size: int, count: int) -> SharedConnection | None:
         best = None
         for shared in self._conns:
-            if shared.owed + count > self.max_in_flight and shared.owed:
-                continue
-            if shared.queued and shared.queued + size > self.max_queued_bytes:
-                continue
-            if best is None or shared.owed < best.owed:
+            if self._has_room(shared, size, count) and (best is None or shared.owed < best.owed):
                 best = shared
         return best
+
+    def _has_room(self, shared: SharedConnection, size: int, count: int) -> bool:
+        """Within the bounds (``pick`` inlines this): an idle connection takes any call, a busy one up to
+        ``max_in_flight`` replies owed and ``max_queued_bytes`` unwritten bytes."""
+        return (not shared.owed or shared.owed + count <= self.max_in_flight) and (
+            not shared.queued or shared.queued + size <= self.max_queued_bytes)
 
     def _healthy(self, shared: SharedConnection) -> bool:
         """An idle connection past ``health_check_interval`` answers a PING through its FIFO before it is used
