@@ -4,7 +4,8 @@ A ``SharedConnection`` owns one pooled redis-py connection (opened and handshake
 SELECT, the client name and the reconnect backoff apply, and it counts in ``pool_size``) and drives its
 socket itself. Its whole state: ``_unsent`` (calls queued, not yet written: a cancelled one is simply
 skipped, never sent), ``_sent`` (calls written, in exactly the order of their bytes on the wire: the FIFO
-of waiters) and ``_out`` (bytes committed to the wire that the kernel has not taken yet).
+of waiters), ``_out`` (bytes committed to the wire that the kernel has not taken yet) and the hiredis
+reader (bytes received, not yet handed out); ``owed`` counts the replies of ``_unsent`` and ``_sent``.
 
 The invariant that makes sharing safe: reply *n* goes to ``_sent[0]``, always; a caller that gives up
 keeps its place until its reply has been read and dropped. Anything that could break the order (EOF, a
@@ -12,6 +13,17 @@ reset, a protocol error, a reply owed longer than ``socket_timeout``, bytes nobo
 call on the connection with redis' ``ConnectionError`` / ``TimeoutError`` and discards it; nothing is
 ever re-sent. Cancellation never leaves a half-written command: a call is either unsent (dropped whole)
 or committed (its bytes are written to the end by the connection, whoever waits for the reply).
+
+A call (one command, or a pipeline's batch of them) moves through these states::
+
+    UNSENT --written (at once if idle, else by the next _flush)--> SENT --its reply(s) read--> DONE
+    UNSENT --its caller gives up (abandon)--> CANCELLED            (never written, skipped by _flush)
+    SENT   --its caller gives up (abandon)--> ABANDONED --its reply(s) read and dropped-->
+    UNSENT or SENT --the connection fails (fail)--> DONE           (the error is thrown into the caller)
+
+and the connection through these: *alive* (takes calls) --``retire()``--> *retiring* (takes none, still
+writes what is queued and reads what is owed) --nothing owed--> *closed*; *alive* or *retiring*
+--``fail()``--> *closed*; and *forgotten* in a forked child (never read or written there again).
 
 Plain TCP and unix sockets are driven from the hub: one io watcher reads and parses replies with hiredis
 and switches straight into the waiting greenlet (gevent's ``Waiter``); writes go out with a non-blocking
@@ -309,10 +321,10 @@ class SharedConnection:
             self.fail(RedisConnectionError(f"Error while reading from {self._address}: {error!r}"))
 
     def _deliver_replies(self) -> None:
+        """Each complete reply, in order, to the call at the head of the FIFO (a batch's, once all are in)."""
         gets = self._reader.gets
         sent = self._sent
         mux = self.mux
-        hub_side = not self._tls
         checked = False
         while sent:
             call = sent[0]
@@ -346,14 +358,7 @@ class SharedConnection:
                     return  # failed, this call too: a stream with a reply too many may have shifted before
             self.owed -= 1 if call.replies is None else len(reply)
             sent.popleft()
-            if call.state == SENT:
-                call.state = DONE
-                if hub_side or call.waiter.greenlet is None:
-                    call.waiter.switch(reply)  # runs the caller now, until it waits again
-                else:
-                    self._loop.run_callback(call.waiter.switch, reply)
-            else:
-                mux.dropped += 1 if call.replies is None else len(call.replies)
+            self._hand_over(call, reply)
             if not self.alive:
                 return  # the caller we ran closed or failed this connection
             if mux._capacity_waiters:
@@ -362,6 +367,17 @@ class SharedConnection:
             self._check_unsolicited()
         if not self.owed:
             self._idle()
+
+    def _hand_over(self, call: Call, reply: Any) -> None:
+        """``call`` is off the FIFO with its reply: to its caller, or dropped if the caller gave up."""
+        if call.state != SENT:
+            self.mux.dropped += 1 if call.replies is None else len(call.replies)
+            return
+        call.state = DONE
+        if not self._tls or call.waiter.greenlet is None:
+            call.waiter.switch(reply)  # from the hub: runs the caller now, until it waits again
+        else:  # from the TLS reader greenlet: Waiter.switch must come from the hub
+            self._loop.run_callback(call.waiter.switch, reply)
 
     def _check_unsolicited(self) -> bool:
         """Nothing is owed on the wire: a complete reply buffered now (other than a push message) breaks the
