@@ -12,7 +12,9 @@ keeps its place until its reply has been read and dropped. Anything that could b
 reset, a protocol error, a reply owed longer than ``socket_timeout``, bytes nobody asked for) fails every
 call on the connection with redis' ``ConnectionError`` / ``TimeoutError`` and discards it; nothing is
 ever re-sent. Cancellation never leaves a half-written command: a call is either unsent (dropped whole)
-or committed (its bytes are written to the end by the connection, whoever waits for the reply).
+or committed (its bytes are written to the end by the connection, whoever waits for the reply). A reply
+too many can only be seen once nothing more is owed on the wire: it is looked for then, before the caller
+of the last reply runs (it may write its next command at once).
 
 A call (one command, or a pipeline's batch of them) moves through these states::
 
