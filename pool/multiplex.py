@@ -52,6 +52,7 @@ class Multiplexer:
         self._alive: list[SharedConnection] = []  # open: taking calls, or retiring (draining what they owe)
         self._opening = 0
         self._first: AsyncResult | None = None  # while the only connection is being opened
+        self._waiting_first = 0  # callers waiting for it, but the one that started it
         self._capacity_waiters: deque[AsyncResult] = deque()
         self._timer: Any = None
         self._next_maintenance = 0.0
@@ -137,7 +138,7 @@ class Multiplexer:
                     return chosen
                 continue
             if not self._conns:
-                self._open_first(deadline)
+                self._open_first(deadline, queued)
                 continue
             if len(self._conns) + self._opening < self.size:
                 self._grow()
@@ -175,20 +176,32 @@ class Multiplexer:
         return ok
 
     # -- opening ------------------------------------------------------------------------------------------
-    def _open_first(self, deadline: float | None) -> None:
+    def _open_first(self, deadline: float | None, queued: bool) -> None:
         """No shared connection is open: open one (in its own greenlet, so a cancelled caller cannot cut the
         handshake short) and wait for it; its error (refused, backoff, PoolTimeout) is the caller's."""
         pending = self._first
-        if pending is None:
+        if pending is None:  # this caller opens it (as on the exclusive path, not counted as waiting)
             pending = self._first = self._start_open()
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        pending.wait(remaining)  # a caller's own gevent.Timeout or kill passes through; the open goes on
+            pending.wait(self._remaining(deadline))  # a caller's own gevent.Timeout or kill passes through
+        else:  # the others wait for it: in requests_waiting, and within max_waiting (unless queued already)
+            if not queued:
+                self._refuse_beyond_max_waiting("the first shared connection")
+                self.pool._counters[S.REQUESTS_QUEUED] += 1
+            self._waiting_first += 1
+            try:
+                pending.wait(self._remaining(deadline))
+            finally:
+                self._waiting_first -= 1
         if not pending.ready():
             self.pool._counters[S.REQUESTS_TIMEOUTS] += 1
             raise PoolTimeout(f"pool {self.pool.name!r}: no shared connection within {self.pool.timeout}s "
                               f"({self.pool._counts()})")
         if not pending.successful():
             raise _copy(pending.exception)
+
+    @staticmethod
+    def _remaining(deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def _grow(self) -> None:
         """All open connections are busy: open one more in the background, if a slot is free right now."""
@@ -242,13 +255,18 @@ class Multiplexer:
         return shared
 
     # -- waiting for room -------------------------------------------------------------------------------
+    def _refuse_beyond_max_waiting(self, what: str) -> None:
+        pool = self.pool
+        if pool.max_waiting and self.waiting >= pool.max_waiting:
+            pool._counters[S.REQUESTS_REJECTED] += 1
+            raise TooManyRequests(f"pool {pool.name!r}: {self.waiting} requests already waiting for {what} "
+                                  f"({pool._counts()})")
+
     def _wait_capacity(self, deadline: float | None, front: bool) -> None:
         pool = self.pool
         counters = pool._counters
-        if not front and pool.max_waiting and len(self._capacity_waiters) >= pool.max_waiting:
-            counters[S.REQUESTS_REJECTED] += 1
-            raise TooManyRequests(f"pool {pool.name!r}: {len(self._capacity_waiters)} requests already waiting "
-                                  f"for a shared connection ({pool._counts()})")
+        if not front:
+            self._refuse_beyond_max_waiting("room on a shared connection")
         waiter = AsyncResult()
         if front:
             self._capacity_waiters.appendleft(waiter)
@@ -289,7 +307,8 @@ class Multiplexer:
 
     @property
     def waiting(self) -> int:
-        return len(self._capacity_waiters)
+        """Callers waiting for room on a shared connection, or for the first one to open."""
+        return len(self._capacity_waiters) + self._waiting_first
 
     # -- timer and maintenance ------------------------------------------------------------------------
     def _arm_timer(self) -> None:
