@@ -10,7 +10,8 @@ connection of their own, exactly as without multiplexing. Replies still owed on 
 collected first, so the caller reads them in the order it sent them.
 
 Any redis-py connection attribute the handle does not implement (``register_connect_callback``,
-``_parser``, ``can_read``, ...) also moves it to an exclusive connection and is delegated there.
+``_parser``, ``can_read``, ...), read or set, also moves it to an exclusive connection and is delegated
+there.
 """
 from collections import deque
 from collections.abc import Iterable
@@ -222,6 +223,18 @@ class SharedHandle:
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.exclusive(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in SharedHandle.__slots__ or hasattr(SharedHandle, name):
+            object.__setattr__(self, name, value)  # the handle's own (its methods stay read-only)
+        else:  # a connection attribute only a redis-py connection has (``password``, ...): the exclusive one's
+            setattr(self.exclusive(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in SharedHandle.__slots__ or hasattr(SharedHandle, name):
+            object.__delattr__(self, name)
+        else:
+            delattr(self.exclusive(), name)
 
     def __repr__(self) -> str:
         where = "exclusive" if self._exclusive is not None else "shared"

@@ -274,3 +274,22 @@ def test_commands_sent_on_one_handle_before_reading_run_in_the_order_sent(redis_
             p.release(handle)
     finally:
         p.close(timeout=1.0)
+
+
+def test_a_connection_attribute_set_on_the_handle_reaches_its_connection(redis_url, admin):
+    """As on a redis-py connection, ``r.connection.password = ...`` (redis-py's own test suite does this before
+    re-authenticating) takes effect: the handle moves to an exclusive connection and sets it there, so its
+    reconnect authenticates; the shared connections are untouched."""
+    p = RedisPool.from_url(redis_url, max_size=3, multiplex=1, name="attrs")
+    r = redis.Redis(connection_pool=p, single_connection_client=True)
+    try:
+        assert r.ping()
+        admin.config_set("requirepass", "secret")
+        r.connection.password = "secret"
+        assert r.connection.password == "secret"
+        r.connection.disconnect()
+        assert r.ping() and r.set("k", "v") and r.get("k") == b"v"
+    finally:
+        admin.config_set("requirepass", "")
+        r.close()
+        p.close(timeout=1.0)
