@@ -4,8 +4,15 @@
 one ``RedisPool``: the one with the fewest replies owed; a new one is opened in the background (as a pool
 slot) only when all open ones are busy. It bounds the replies owed and the bytes queued per connection and
 queues callers beyond those bounds in arrival order under the pool's checkout ``timeout`` and
-``max_waiting``. One timer fails connections whose replies are owed past ``socket_timeout`` and, about once
-a second, retires connections past their lifetime (and lets the pool check them: Sentinel).
+``max_waiting`` (as it does callers waiting for the first connection to open). A caller's commands sent
+before their replies are read stay on one connection (``follow``): only there do they run in the order
+sent. One timer fails connections whose replies are owed past ``socket_timeout`` (without one, puts aside
+those silent for ``health_check_interval``) and, about once a second, retires connections past their
+lifetime (and lets the pool check them: Sentinel).
+
+Its state: ``_conns`` (open and taking calls), ``_alive`` (open: taking calls, or retiring), ``_opening``
+and ``_first`` (opens in progress; the first one's result, which callers wait for), ``_capacity_waiters``
+(callers waiting for room, oldest first) and the timer, running while any reply is owed.
 
 ``MultiplexedPool`` is the pool's side (a mixin of ``RedisPool``): the options, ``execute()``, the hooks a
 subclass may override, and how close, fork and stats take the shared connections into account.
@@ -37,6 +44,7 @@ __all__ = ["MultiplexedPool", "Multiplexer"]
 logger = logging.getLogger("pool")
 
 _PING = b"*1\r\n$4\r\nPING\r\n"
+
 
 class Multiplexer:
     """The shared connections of one ``RedisPool`` (``multiplex`` of them at most) and the callers waiting."""
