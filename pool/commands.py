@@ -17,8 +17,9 @@ multiplexing. Commands that block the *server* (KEYS, FLUSHALL, a slow EVAL) may
 every client of that server whichever connection they came on. A large reply delays the replies
 queued behind it on the same shared connection (head-of-line blocking).
 
-Scripts (EVAL, EVALSHA, FCALL) may share: since Redis 7.0 a script's SELECT does not outlive the
-script, and scripts cannot block. Subcommands are judged one by one (``CLIENT ID`` shares, ``CLIENT
+Scripts (EVAL, EVALSHA, FCALL) may share: a script's SELECT does not outlive the script (checked on
+Redis 6.2 and 7.0), and scripts cannot block. XREAD / XREADGROUP share without BLOCK, their options
+read in any order as Redis reads them. Subcommands are judged one by one (``CLIENT ID`` shares, ``CLIENT
 SETNAME`` does not). ``SWAPDB`` shares: it swaps datasets for every client alike, the connection's
 own db number is untouched.
 """
@@ -91,22 +92,28 @@ def _text(word: Any) -> str:
     return str(word)
 
 
-def _no_block(args: Sequence[Any], first_option: int) -> bool:
-    """XREAD / XREADGROUP share only without BLOCK; options come before STREAMS (keys may be named BLOCK)."""
-    for word in args[first_option:]:
-        option = _text(word).upper()
+def _no_block(args: Sequence[Any]) -> bool:
+    """XREAD / XREADGROUP share only without BLOCK. Their options are read as Redis reads them (in any
+    order, up to STREAMS), so BLOCK before GROUP is not missed, and a group, a consumer or a key named
+    BLOCK is not taken for the option. An option this module does not know: exclusive."""
+    index, end = 1, len(args)
+    while index < end:
+        option = _text(args[index]).upper()
         if option == "STREAMS":
             return True
-        if option == "BLOCK":
+        words = _XREAD_OPTIONS.get(option)
+        if words is None:  # BLOCK, or a word we cannot judge
             return False
-    return True
+        index += 1 + words
+    return False
+
+
+# The non-blocking options of XREAD / XREADGROUP and how many words follow each (Redis 8 adds the last three).
+_XREAD_OPTIONS = {"COUNT": 1, "GROUP": 2, "NOACK": 0, "MAXCOUNT": 1, "MAXSIZE": 1, "CLAIM": 1}
 
 
 # Commands whose arguments decide; each rule sees the whole argument tuple, command name first.
-_RULES: dict[str, Callable[[Sequence[Any]], bool]] = {
-    "XREAD": lambda args: _no_block(args, 1),
-    "XREADGROUP": lambda args: _no_block(args, 4),  # XREADGROUP GROUP <group> <consumer> [options] STREAMS ...
-}
+_RULES: dict[str, Callable[[Sequence[Any]], bool]] = {"XREAD": _no_block, "XREADGROUP": _no_block}
 
 
 def _spellings(names: Iterable[str]) -> frozenset[Any]:

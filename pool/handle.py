@@ -10,7 +10,8 @@ connection of their own, exactly as without multiplexing. Replies still owed on 
 collected first, so the caller reads them in the order it sent them.
 
 Any redis-py connection attribute the handle does not implement (``register_connect_callback``,
-``_parser``, ``can_read``, ...) also moves it to an exclusive connection and is delegated there.
+``_parser``, ``can_read``, ...), read or set, also moves it to an exclusive connection and is delegated
+there.
 """
 from collections import deque
 from collections.abc import Iterable
@@ -54,7 +55,7 @@ class SharedHandle:
     # -- the commands --------------------------------------------------------------------------------------
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         if self._exclusive is None and may_share(args):
-            self._calls.append(self._pool._forked_mux().submit(args, NEVER_DECODE not in kwargs))
+            self._queue(pack(args), NEVER_DECODE not in kwargs)
             return
         self.exclusive().send_command(*args, **kwargs)
 
@@ -70,7 +71,7 @@ class SharedHandle:
                 # Parsed without decoding when the pool decodes: each reply is decoded when read, unless
                 # the caller reads it with disable_decoding (NEVER_DECODE commands in a pipeline).
                 decode = not self._pool.get_encoder().decode_responses
-                self._calls.append(self._pool._forked_mux().submit_batch(command.packed, decode))
+                self._queue(b"".join(command.packed), decode, len(command.packed))
                 return
             command = self._exclusive.pack_commands(command.commands)
         self.exclusive().send_packed_command(command, check_health=check_health)
@@ -79,6 +80,18 @@ class SharedHandle:
         if self._exclusive is not None:
             return self._exclusive.pack_command(*args)
         return [pack(args)]
+
+    def _queue(self, data: bytes, decode: bool, count: int = 1) -> None:
+        """On the shared path, behind this handle's own commands still unanswered, as on one connection: on
+        their shared connection, or (no room there) once their replies are in, never overtaking them."""
+        mux = self._pool._forked_mux()
+        calls = self._calls
+        call = mux.follow(calls[-1].shared, data, decode, count) if calls else None
+        if call is None:
+            while calls:
+                self._collect_next()
+            call = mux.submit(data, decode, count)
+        calls.append(call)
 
     def read_response(self, disable_decoding: bool = False, *, timeout: Any = SENTINEL,
                       disconnect_on_error: bool = True, push_request: bool = False) -> Any:
@@ -209,10 +222,28 @@ class SharedHandle:
             return None
         return self.exclusive().himport_registry
 
+    def extract_connection_details(self) -> str:
+        """redis-py's debug log of a failed call reads it: it must not borrow a connection in that error path."""
+        if self._exclusive is not None:
+            return str(self._exclusive.extract_connection_details())
+        return f"a shared connection of pool {self._pool.name!r}"
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.exclusive(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in SharedHandle.__slots__ or hasattr(SharedHandle, name):
+            object.__setattr__(self, name, value)  # the handle's own (its methods stay read-only)
+        else:  # a connection attribute only a redis-py connection has (``password``, ...): the exclusive one's
+            setattr(self.exclusive(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in SharedHandle.__slots__ or hasattr(SharedHandle, name):
+            object.__delattr__(self, name)
+        else:
+            delattr(self.exclusive(), name)
 
     def __repr__(self) -> str:
         where = "exclusive" if self._exclusive is not None else "shared"

@@ -4,8 +4,15 @@
 one ``RedisPool``: the one with the fewest replies owed; a new one is opened in the background (as a pool
 slot) only when all open ones are busy. It bounds the replies owed and the bytes queued per connection and
 queues callers beyond those bounds in arrival order under the pool's checkout ``timeout`` and
-``max_waiting``. One timer fails connections whose replies are owed past ``socket_timeout`` and, about once
-a second, retires connections past their lifetime (and lets the pool check them: Sentinel).
+``max_waiting`` (as it does callers waiting for the first connection to open). A caller's commands sent
+before their replies are read stay on one connection (``follow``): only there do they run in the order
+sent. One timer fails connections whose replies are owed past ``socket_timeout`` (without one, puts aside
+those silent for ``health_check_interval``) and, about once a second, retires connections past their
+lifetime (and lets the pool check them: Sentinel).
+
+Its state: ``_conns`` (open and taking calls), ``_alive`` (open: taking calls, or retiring), ``_opening``
+and ``_first`` (opens in progress; the first one's result, which callers wait for), ``_capacity_waiters``
+(callers waiting for room, oldest first) and the timer, running while any reply is owed.
 
 ``MultiplexedPool`` is the pool's side (a mixin of ``RedisPool``): the options, ``execute()``, the hooks a
 subclass may override, and how close, fork and stats take the shared connections into account.
@@ -38,6 +45,7 @@ logger = logging.getLogger("pool")
 
 _PING = b"*1\r\n$4\r\nPING\r\n"
 
+
 class Multiplexer:
     """The shared connections of one ``RedisPool`` (``multiplex`` of them at most) and the callers waiting."""
 
@@ -52,6 +60,7 @@ class Multiplexer:
         self._alive: list[SharedConnection] = []  # open: taking calls, or retiring (draining what they owe)
         self._opening = 0
         self._first: AsyncResult | None = None  # while the only connection is being opened
+        self._waiting_first = 0  # callers waiting for it, but the one that started it
         self._capacity_waiters: deque[AsyncResult] = deque()
         self._timer: Any = None
         self._next_maintenance = 0.0
@@ -72,19 +81,22 @@ class Multiplexer:
         call = shared.submit(data, decode)
         return raise_error(self.pool, shared, shared.wait(call))
 
-    def submit(self, args: Sequence[Any], decode: bool = True) -> Call:
-        """Queue one command; ``wait()`` on the call's shared connection for its reply."""
+    def submit(self, data: bytes, decode: bool, count: int = 1) -> Call:
+        """Queue a packed command (``count`` = 1) or a pipeline's commands as one contiguous batch; ``wait()``
+        on the call's shared connection for its reply (a batch's come back as one list)."""
         if self._generation != forks.generation:
-            return self.pool._forked_mux().submit(args, decode)
-        data = pack(args)
-        return self.pick(len(data)).submit(data, decode)
+            return self.pool._forked_mux().submit(data, decode, count)
+        return self.pick(len(data), count).submit(data, decode, count)
 
-    def submit_batch(self, packed: Sequence[bytes], decode: bool) -> Call:
-        """Queue a pipeline's commands as one contiguous batch; its replies come back as one list."""
-        if self._generation != forks.generation:
-            return self.pool._forked_mux().submit_batch(packed, decode)
-        data = b"".join(packed)
-        return self.pick(len(data), len(packed)).submit(data, decode, len(packed))
+    def follow(self, previous: SharedConnection, data: bytes, decode: bool, count: int = 1) -> Call | None:
+        """Queue behind a caller's own commands still unanswered on ``previous``: two commands run in the order
+        sent only on one connection. None when ``previous`` takes no more calls, has no room, or others wait
+        for room: the caller reads those replies first, then ``submit``s."""
+        if not previous.alive or previous.retiring or self._capacity_waiters:
+            return None
+        if not self._has_room(previous, len(data), count):
+            return None
+        return previous.submit(data, decode, count)
 
     def pick(self, size: int, count: int = 1) -> SharedConnection:
         """The shared connection for a command of ``size`` bytes: least in flight, within the bounds; waits
@@ -134,7 +146,7 @@ class Multiplexer:
                     return chosen
                 continue
             if not self._conns:
-                self._open_first(deadline)
+                self._open_first(deadline, queued)
                 continue
             if len(self._conns) + self._opening < self.size:
                 self._grow()
@@ -144,13 +156,15 @@ class Multiplexer:
     def _choose(self, size: int, count: int) -> SharedConnection | None:
         best = None
         for shared in self._conns:
-            if shared.owed + count > self.max_in_flight and shared.owed:
-                continue
-            if shared.queued and shared.queued + size > self.max_queued_bytes:
-                continue
-            if best is None or shared.owed < best.owed:
+            if self._has_room(shared, size, count) and (best is None or shared.owed < best.owed):
                 best = shared
         return best
+
+    def _has_room(self, shared: SharedConnection, size: int, count: int) -> bool:
+        """Within the bounds (``pick`` inlines this): an idle connection takes any call, a busy one up to
+        ``max_in_flight`` replies owed and ``max_queued_bytes`` unwritten bytes."""
+        return (not shared.owed or shared.owed + count <= self.max_in_flight) and (
+            not shared.queued or shared.queued + size <= self.max_queued_bytes)
 
     def _healthy(self, shared: SharedConnection) -> bool:
         """An idle connection past ``health_check_interval`` answers a PING through its FIFO before it is used
@@ -170,20 +184,32 @@ class Multiplexer:
         return ok
 
     # -- opening ------------------------------------------------------------------------------------------
-    def _open_first(self, deadline: float | None) -> None:
+    def _open_first(self, deadline: float | None, queued: bool) -> None:
         """No shared connection is open: open one (in its own greenlet, so a cancelled caller cannot cut the
         handshake short) and wait for it; its error (refused, backoff, PoolTimeout) is the caller's."""
         pending = self._first
-        if pending is None:
+        if pending is None:  # this caller opens it (as on the exclusive path, not counted as waiting)
             pending = self._first = self._start_open()
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        pending.wait(remaining)  # a caller's own gevent.Timeout or kill passes through; the open goes on
+            pending.wait(self._remaining(deadline))  # a caller's own gevent.Timeout or kill passes through
+        else:  # the others wait for it: in requests_waiting, and within max_waiting (unless queued already)
+            if not queued:
+                self._refuse_beyond_max_waiting("the first shared connection")
+                self.pool._counters[S.REQUESTS_QUEUED] += 1
+            self._waiting_first += 1
+            try:
+                pending.wait(self._remaining(deadline))
+            finally:
+                self._waiting_first -= 1
         if not pending.ready():
             self.pool._counters[S.REQUESTS_TIMEOUTS] += 1
             raise PoolTimeout(f"pool {self.pool.name!r}: no shared connection within {self.pool.timeout}s "
                               f"({self.pool._counts()})")
         if not pending.successful():
             raise _copy(pending.exception)
+
+    @staticmethod
+    def _remaining(deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def _grow(self) -> None:
         """All open connections are busy: open one more in the background, if a slot is free right now."""
@@ -232,17 +258,23 @@ class Multiplexer:
             pool.discard(conn, None)
             raise
         self.socket_timeout = conn.socket_timeout
-        self._tick = 1.0 if not self.socket_timeout else min(1.0, max(0.005, self.socket_timeout / 4))
+        limit = self.socket_timeout or pool.health_check_interval  # how long replies may be owed in silence
+        self._tick = min(1.0, max(0.005, limit / 4)) if limit else 1.0
         return shared
 
     # -- waiting for room -------------------------------------------------------------------------------
+    def _refuse_beyond_max_waiting(self, what: str) -> None:
+        pool = self.pool
+        if pool.max_waiting and self.waiting >= pool.max_waiting:
+            pool._counters[S.REQUESTS_REJECTED] += 1
+            raise TooManyRequests(f"pool {pool.name!r}: {self.waiting} requests already waiting for {what} "
+                                  f"({pool._counts()})")
+
     def _wait_capacity(self, deadline: float | None, front: bool) -> None:
         pool = self.pool
         counters = pool._counters
-        if not front and pool.max_waiting and len(self._capacity_waiters) >= pool.max_waiting:
-            counters[S.REQUESTS_REJECTED] += 1
-            raise TooManyRequests(f"pool {pool.name!r}: {len(self._capacity_waiters)} requests already waiting "
-                                  f"for a shared connection ({pool._counts()})")
+        if not front:
+            self._refuse_beyond_max_waiting("room on a shared connection")
         waiter = AsyncResult()
         if front:
             self._capacity_waiters.appendleft(waiter)
@@ -283,7 +315,8 @@ class Multiplexer:
 
     @property
     def waiting(self) -> int:
-        return len(self._capacity_waiters)
+        """Callers waiting for room on a shared connection, or for the first one to open."""
+        return len(self._capacity_waiters) + self._waiting_first
 
     # -- timer and maintenance ------------------------------------------------------------------------
     def _arm_timer(self) -> None:
@@ -295,23 +328,38 @@ class Multiplexer:
             timer.start(self._on_timer)
 
     def _on_timer(self) -> None:
-        """Every tick while calls are owed: fail a connection whose replies are owed past ``socket_timeout``."""
+        """Every tick while calls are owed: fail a connection whose replies are owed past ``socket_timeout``;
+        without a ``socket_timeout``, put aside one that has heard nothing for ``health_check_interval``."""
         try:
             now = time.monotonic()
             busy = False
+            silence_limit = self.pool.health_check_interval
             for shared in list(self._alive):
                 if not shared.owed:
                     continue
                 busy = True
-                if self.socket_timeout and now - shared.progress > self.socket_timeout:
+                silent_for = now - shared.progress
+                if self.socket_timeout and silent_for > self.socket_timeout:
                     what = "writing to socket" if shared.queued and shared._out else f"reading from {shared._address}"
                     shared.fail(RedisTimeoutError(f"Timeout {what}"))
+                elif not self.socket_timeout and silence_limit and silent_for > silence_limit:
+                    self._silent(shared)
             if now >= self._next_maintenance:
                 self._maintain(now)
             if not busy and self._timer is not None:
                 self._timer.stop()
         except BaseException:  # never into the hub
             logger.exception("pool %r: multiplexer timer failed", self.pool.name)
+
+    def _silent(self, shared: SharedConnection) -> None:
+        """Replies owed, no ``socket_timeout``, and nothing heard for ``health_check_interval``: perhaps a
+        peer gone without a FIN or RST, which nothing else would tell. On an exclusive connection each caller that
+        gives up discards it; here the callers give up their places only, so the connection takes no new
+        commands (they open a new one), and is closed once nobody waits on it. Those still waiting keep
+        their places: their replies may yet come."""
+        shared.retire("lost")
+        if shared.alive and not shared.has_waiters():
+            shared.fail(RedisTimeoutError(f"Timeout reading from {shared._address}"), "lost")
 
     def _maintain(self, now: float) -> None:
         """About once a second: retire connections past their lifetime; let the pool check them (Sentinel)."""

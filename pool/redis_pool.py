@@ -355,6 +355,7 @@ class _PinnedClient(_Borrowed):
     connection, given back by the block, never by the client."""
 
     __slots__ = ("client",)
+    _mux = None  # a pinned client never takes the shared path (PooledRedis looks for the pool's multiplexer)
 
     def __enter__(self) -> _PinnedRedis:  # type: ignore[override]  # the client, not the connection
         pool = self.pool

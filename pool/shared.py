@@ -4,14 +4,28 @@ A ``SharedConnection`` owns one pooled redis-py connection (opened and handshake
 SELECT, the client name and the reconnect backoff apply, and it counts in ``pool_size``) and drives its
 socket itself. Its whole state: ``_unsent`` (calls queued, not yet written: a cancelled one is simply
 skipped, never sent), ``_sent`` (calls written, in exactly the order of their bytes on the wire: the FIFO
-of waiters) and ``_out`` (bytes committed to the wire that the kernel has not taken yet).
+of waiters), ``_out`` (bytes committed to the wire that the kernel has not taken yet) and the hiredis
+reader (bytes received, not yet handed out); ``owed`` counts the replies of ``_unsent`` and ``_sent``.
 
 The invariant that makes sharing safe: reply *n* goes to ``_sent[0]``, always; a caller that gives up
 keeps its place until its reply has been read and dropped. Anything that could break the order (EOF, a
 reset, a protocol error, a reply owed longer than ``socket_timeout``, bytes nobody asked for) fails every
 call on the connection with redis' ``ConnectionError`` / ``TimeoutError`` and discards it; nothing is
 ever re-sent. Cancellation never leaves a half-written command: a call is either unsent (dropped whole)
-or committed (its bytes are written to the end by the connection, whoever waits for the reply).
+or committed (its bytes are written to the end by the connection, whoever waits for the reply). A reply
+too many can only be seen once nothing more is owed on the wire: it is looked for then, before the caller
+of the last reply runs (it may write its next command at once).
+
+A call (one command, or a pipeline's batch of them) moves through these states::
+
+    UNSENT --written (at once if idle, else by the next _flush)--> SENT --its reply(s) read--> DONE
+    UNSENT --its caller gives up (abandon)--> CANCELLED            (never written, skipped by _flush)
+    SENT   --its caller gives up (abandon)--> ABANDONED --its reply(s) read and dropped-->
+    UNSENT or SENT --the connection fails (fail)--> DONE           (the error is thrown into the caller)
+
+and the connection through these: *alive* (takes calls) --``retire()``--> *retiring* (takes none, still
+writes what is queued and reads what is owed) --nothing owed--> *closed*; *alive* or *retiring*
+--``fail()``--> *closed*; and *forgotten* in a forked child (never read or written there again).
 
 Plain TCP and unix sockets are driven from the hub: one io watcher reads and parses replies with hiredis
 and switches straight into the waiting greenlet (gevent's ``Waiter``); writes go out with a non-blocking
@@ -144,6 +158,7 @@ class SharedConnection:
             reader_options["encoding"] = encoder.encoding
         self._reader = hiredis.Reader(**reader_options)
         self._push_type = getattr(hiredis, "PushNotification", None) if str(conn.protocol) == "3" else None
+        self._unfinished = False  # the reader holds part of a frame that arrived while nothing was owed
         self._address = _describe(conn)
         sock = conn._sock
         self._gsock = sock
@@ -308,10 +323,11 @@ class SharedConnection:
             self.fail(RedisConnectionError(f"Error while reading from {self._address}: {error!r}"))
 
     def _deliver_replies(self) -> None:
+        """Each complete reply, in order, to the call at the head of the FIFO (a batch's, once all are in)."""
         gets = self._reader.gets
         sent = self._sent
         mux = self.mux
-        hub_side = not self._tls
+        checked = False
         while sent:
             call = sent[0]
             try:
@@ -322,7 +338,12 @@ class SharedConnection:
                 return self.fail(RedisConnectionError(f"Protocol error from {self._address}: {error}"))
             if reply is _NOT_ENOUGH:
                 return
-            if self._push_type is not None and type(reply) is self._push_type:
+            is_push = self._push_type is not None and type(reply) is self._push_type
+            if self._unfinished:  # the frame that was incomplete when nothing was owed: nobody's reply
+                self._unfinished = False
+                if not is_push:
+                    return self.fail(self._unsolicited())
+            if is_push:
                 logger.debug("pool %r: push message on a shared connection ignored: %r", mux.pool.name, reply)
                 continue
             if call.replies is not None:
@@ -331,40 +352,59 @@ class SharedConnection:
                 if call.left:
                     continue
                 reply = call.replies
-                self.owed -= len(reply)
-            else:
-                self.owed -= 1
+            if len(sent) == 1:
+                # The last reply owed on the wire. Whatever else is buffered is nobody's, and must be found
+                # before the caller runs: it may write its next command at once, which would read it.
+                checked = True
+                if not self._check_unsolicited():
+                    return  # failed, this call too: a stream with a reply too many may have shifted before
+            self.owed -= 1 if call.replies is None else len(reply)
             sent.popleft()
-            if call.state == SENT:
-                call.state = DONE
-                if hub_side or call.waiter.greenlet is None:
-                    call.waiter.switch(reply)  # runs the caller now, until it waits again
-                else:
-                    self._loop.run_callback(call.waiter.switch, reply)
-            else:
-                mux.dropped += 1 if call.replies is None else len(call.replies)
+            self._hand_over(call, reply)
             if not self.alive:
                 return  # the caller we ran closed or failed this connection
             if mux._capacity_waiters:
                 mux._wake_capacity()
-        self._check_unsolicited()
+        if not checked:
+            self._check_unsolicited()
         if not self.owed:
             self._idle()
 
-    def _check_unsolicited(self) -> None:
-        """Nobody waits for a reply: any complete reply now (other than a push message) breaks the protocol."""
-        has_data = getattr(self._reader, "has_data", None)
-        if has_data is not None and not has_data():
+    def _hand_over(self, call: Call, reply: Any) -> None:
+        """``call`` is off the FIFO with its reply: to its caller, or dropped if the caller gave up."""
+        if call.state != SENT:
+            self.mux.dropped += 1 if call.replies is None else len(call.replies)
             return
-        while True:
+        call.state = DONE
+        if not self._tls or call.waiter.greenlet is None:
+            call.waiter.switch(reply)  # from the hub: runs the caller now, until it waits again
+        else:  # from the TLS reader greenlet: Waiter.switch must come from the hub
+            self._loop.run_callback(call.waiter.switch, reply)
+
+    def _check_unsolicited(self) -> bool:
+        """Nothing is owed on the wire: a complete reply buffered now (other than a push message) breaks the
+        protocol and fails the connection (False). An incomplete frame is remembered (``_unfinished``): it
+        completes before any reply that follows, and then it must be a push message, or the connection fails.
+        (hiredis cannot show an incomplete array whose elements so far are complete: that one goes unseen.)"""
+        reader = self._reader
+        has_data = getattr(reader, "has_data", None)
+        while has_data is None or has_data():
             try:
-                reply = self._reader.gets()
+                reply = reader.gets()
             except Exception as error:  # noqa: BLE001
-                return self.fail(RedisConnectionError(f"Protocol error from {self._address}: {error}"))
+                self.fail(RedisConnectionError(f"Protocol error from {self._address}: {error}"))
+                return False
             if reply is _NOT_ENOUGH:
-                return
+                self._unfinished = has_data is not None
+                return True
             if self._push_type is None or type(reply) is not self._push_type:
-                return self.fail(RedisConnectionError(f"Unexpected reply from {self._address} (nobody asked for it)"))
+                self.fail(self._unsolicited())
+                return False
+            logger.debug("pool %r: push message on a shared connection ignored: %r", self.mux.pool.name, reply)
+        return True
+
+    def _unsolicited(self) -> RedisConnectionError:
+        return RedisConnectionError(f"Unexpected reply from {self._address} (nobody asked for it)")
 
     def _idle(self) -> None:
         if not self.alive:
@@ -445,6 +485,10 @@ class SharedConnection:
             if call.state in (SENT, UNSENT):
                 call.state = DONE
                 self._throw(call.waiter, _copy(error))
+
+    def has_waiters(self) -> bool:
+        """True while a caller (not the pool's own health check) still waits for a reply here."""
+        return any(call.state in (SENT, UNSENT) and not call.internal for call in (*self._sent, *self._unsent))
 
     def _throw(self, waiter: Waiter, error: BaseException) -> None:
         if waiter.greenlet is None or getcurrent() is self._hub:

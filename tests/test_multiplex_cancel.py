@@ -254,6 +254,22 @@ def test_in_flight_bound_errors_are_the_pools(make_pool, proxy, own_keys):
     closer.join(timeout=3)
 
 
+def test_callers_waiting_for_the_first_shared_connection_count_and_are_bounded(make_pool, proxy):
+    """While the first shared connection opens (a slow handshake), the callers waiting for it show in
+    requests_waiting and beyond max_waiting get TooManyRequests at once, as callers waiting for a connection
+    do on the exclusive path; the one that opens it and those within the bound get their replies."""
+    p = make_pool(proxy.url, max_waiting=2, timeout=5)
+    r = PooledRedis(connection_pool=p)
+    proxy.delay(0.1)
+    callers = [gevent.spawn(r.ping) for _ in range(10)]
+    wait_until(lambda: sum(g.dead for g in callers) >= 7, what="the callers beyond the bound to be refused")
+    assert stat(p, S.REQUESTS_WAITING) == 2
+    gevent.joinall(callers, timeout=5)
+    assert sum(isinstance(g.exception, TooManyRequests) for g in callers) == 7
+    assert [g.value for g in callers if g.successful()] == [True] * 3
+    assert stat(p, S.REQUESTS_REJECTED) == 7 and stat(p, S.REQUESTS_WAITING) == 0
+
+
 def test_queued_bytes_bound_holds_writers_back(make_pool, proxy, own_keys):
     """With the network not taking bytes, a caller whose command would push the unwritten bytes past
     multiplex_max_queued_bytes waits (PoolTimeout after the pool's timeout) instead of growing the queue."""

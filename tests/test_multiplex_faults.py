@@ -123,6 +123,28 @@ def test_client_kill_fails_every_waiter_and_nothing_is_resent(make_pool, proxy, 
     assert_settled(p)
 
 
+def test_a_failed_shared_call_borrows_nothing_while_redis_py_logs_it(make_pool, proxy, admin, caplog):
+    """redis.Redis on the per-call handle, with redis-py's debug logging on: when the shared connection fails,
+    redis-py logs the connection's details before closing it. That borrows no exclusive connection (which
+    would cost a checkout, here a new connection's handshake through a slow network, before the caller
+    gets its ConnectionError, or a PoolTimeout instead of it on a full pool)."""
+    p = make_pool(proxy.url, timeout=1.0)
+    r = redis.Redis(connection_pool=p)
+    first = r.client_id()
+    caplog.set_level("DEBUG", logger="redis")
+    proxy.delay(0.2)
+    pending = gevent.spawn(r.get, "k")
+    gevent.sleep(0.05)
+    admin.client_kill_filter(_id=first)
+    started = time.monotonic()
+    assert isinstance(outcomes([pending])[0], RedisConnectionError)
+    assert time.monotonic() - started < 0.4
+    proxy.passthrough()
+    assert any("Operation failed" in message for message in caplog.messages)
+    assert stat(p, S.EXCLUSIVE_CHECKOUTS) == 0
+    assert r.get("k") is None
+
+
 def test_redis_restarted_fails_waiters_then_recovers(make_pool, redis_server, admin, own_keys):
     """The server restarts under callers: those waiting get ConnectionError, none hangs; once it is back,
     the pool opens a new shared connection and serves."""
@@ -212,6 +234,38 @@ def test_blackhole_fails_waiters_with_timeout_then_recovers(make_pool, proxy, ow
     assert_settled(p)
 
 
+@pytest.mark.parametrize("while_", ["busy", "health check"])
+def test_a_silent_dead_connection_is_replaced_without_socket_timeout(make_pool, redis_factory, while_):
+    """socket_timeout=None and the peer of the shared connection is gone without a FIN or RST (here: its
+    server frozen for good, while the address now leads to a live server). Callers give up by their own
+    gevent.Timeout, as on the exclusive path, where each one discards its connection. On the shared path
+    the connection that owes replies and has heard nothing for health_check_interval takes no new commands:
+    later callers get a new connection and their own replies; the dead one is closed once nobody waits."""
+    dead, live = redis_factory(), redis_factory()
+    redis.Redis(port=live.port).mset({key: key for key in OWN_KEYS})
+    with FaultProxy("127.0.0.1", dead.port) as proxy:
+        p = make_pool(proxy.url, socket_timeout=None, health_check_interval=0.5)
+        r = PooledRedis(connection_pool=p)
+        r.ping()
+        if while_ == "health check":
+            gevent.sleep(0.6)  # idle past health_check_interval: the next command is preceded by a PING
+        dead.pause()
+        proxy.target = ("127.0.0.1", live.port)  # new connections reach the live server
+        served, gave_up = [], 0
+        deadline = time.monotonic() + 5
+        while not served and time.monotonic() < deadline:
+            try:
+                with gevent.Timeout(0.2):
+                    served.append(r.get("own:1"))
+            except gevent.Timeout:
+                gave_up += 1
+        dead.resume()
+        assert served == [b"own:1"], f"never served again ({gave_up} callers gave up)"
+        assert stat(p, S.MUX_CONNECTIONS_NUM) == 2
+        assert_serves_own_replies(p)
+        wait_until(lambda: len(p._mux._alive) == 1, what="the dead connection to be closed")
+
+
 # -- a reply cut in the middle ------------------------------------------------------------------------------
 HUGE = 8 * 1024 * 1024
 
@@ -297,14 +351,82 @@ def test_protocol_error_fails_every_waiter_with_connection_error(make_pool, faul
             assert all(isinstance(result, RedisConnectionError) for result in results[:1]), results
             assert all(result in (f"k{i}".encode(),) or isinstance(result, RedisConnectionError)
                        for i, result in enumerate(results[1:])), results
-        else:
-            assert r.get("bad") == b"bad"  # its own reply; the extra one that follows is nobody's
+        else:  # its own reply, or (the extra one in the same read) a ConnectionError: the stream may have shifted
+            result = outcomes([gevent.spawn(r.get, "bad")])[0]
+            assert result == b"bad" or isinstance(result, RedisConnectionError), result
             wait_until(lambda: stat(p, S.CONNECTIONS_LOST) + stat(p, S.DISCARDED_ERROR) == 1,
                        what="the connection with the extra reply to be dropped")
         assert r.get("after") == b"after"
         assert stat(p, S.MUX_CONNECTIONS_NUM) == 2
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("extra", ["whole", "cut"])
+def test_a_reply_nobody_asked_for_never_reaches_the_next_caller(make_pool, extra):
+    """A server answers one GET with two replies: the extra one whole in the same read, or cut and finished
+    only after the next command went out. The caller that writes its next command the moment the connection
+    looks idle never receives the extra reply (nor do the callers after it: the stream is never shifted);
+    it gets its own reply or a ConnectionError, and the connection is replaced."""
+    def reply(key):
+        if key == b"bad":
+            return b"$3\r\nbad\r\n$5\r\nextra\r\n" if extra == "whole" else b"$3\r\nbad\r\n$5\r\nex"
+        tail = b"tra\r\n" if key == b"next" and extra == "cut" else b""
+        return tail + b"$%d\r\n%s\r\n" % (len(key), key)
+
+    server = FakeRedis(reply)
+    try:
+        p = make_pool(f"redis://127.0.0.1:{server.port}/0", protocol=2)
+        r = PooledRedis(connection_pool=p)
+        assert r.get("good") == b"good"
+        results = []
+        for key in ("bad", "next", "after-1", "after-2"):  # each written as soon as the one before returns
+            try:
+                results.append(r.get(key))
+            except RedisConnectionError as error:
+                results.append(error)
+        for key, result in zip(("bad", "next", "after-1", "after-2"), results, strict=True):
+            assert result == key.encode() or isinstance(result, RedisConnectionError), results
+        assert any(isinstance(result, RedisConnectionError) for result in results), results
+        assert [r.get(f"k{i}") for i in range(5)] == [f"k{i}".encode() for i in range(5)]
+        assert stat(p, S.MUX_CONNECTIONS_NUM) == 2
+    finally:
+        server.stop()
+
+
+def test_push_messages_sent_to_a_shared_connection_never_shift_replies(make_pool, redis_url, admin, caplog):
+    """RESP3: another client's CLIENT TRACKING ... REDIRECT <the shared connection's id> BCAST sends
+    invalidation push messages the shared connection never asked for, between its replies and while it owes
+    nothing; they are skipped, every caller still gets its own reply, and the connection stays in service."""
+    p = make_pool(redis_url, protocol=3)
+    r = PooledRedis(connection_pool=p)
+    shared = r.client_id()
+    tracker = redis.Redis.from_url(redis_url)
+    writer = redis.Redis.from_url(redis_url)
+    try:
+        tracker.execute_command("CLIENT", "TRACKING", "ON", "REDIRECT", shared, "BCAST")
+        caplog.set_level("DEBUG", logger="pool")
+
+        def work(i):
+            for n in range(100):
+                writer.set(f"tracked:{i}", n)  # an invalidation push to the shared connection
+                assert r.echo(f"{i}:{n}") == f"{i}:{n}".encode()
+
+        gevent.joinall([gevent.spawn(work, i) for i in range(10)], timeout=20, raise_error=True)
+
+        def pushes():
+            return sum("push message" in message for message in caplog.messages)
+
+        during_load = pushes()
+        assert during_load > 0
+        writer.set("tracked:idle", 1)  # one more while the shared connection owes nothing
+        wait_until(lambda: pushes() > during_load, what="the push to the idle shared connection")
+        assert r.echo("after") == b"after"
+        assert r.client_id() == shared and stat(p, S.MUX_CONNECTIONS_NUM) == 1
+        assert stat(p, S.CONNECTIONS_LOST) + stat(p, S.DISCARDED_ERROR) == 0
+    finally:
+        tracker.close()
+        writer.close()
 
 
 # -- a slow command inside a batch: head-of-line blocking, bounded ------------------------------------------------

