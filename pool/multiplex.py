@@ -172,11 +172,14 @@ class Multiplexer:
     # -- opening ------------------------------------------------------------------------------------------
     def _open_first(self, deadline: float | None) -> None:
         """No shared connection is open: open one (in its own greenlet, so a cancelled caller cannot cut the
-        handshake short) and wait for it; its error (refused, backoff, PoolTimeout) is the caller's."""
+        handshake short) and wait for it; its error (refused, backoff, PoolTimeout) is the caller's. With
+        ``timeout=0`` ("do not wait") the caller waits for the open itself, as on the exclusive path, where
+        opening a connection into a free slot is not a wait (the open is bounded by the pool's checkout and
+        ``socket_connect_timeout``)."""
         pending = self._first
         if pending is None:
             pending = self._first = self._start_open()
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        remaining = None if deadline is None or self.pool.timeout == 0 else max(0.0, deadline - time.monotonic())
         pending.wait(remaining)  # a caller's own gevent.Timeout or kill passes through; the open goes on
         if not pending.ready():
             self.pool._counters[S.REQUESTS_TIMEOUTS] += 1
