@@ -173,14 +173,14 @@ class Bench:
             proxy.stop()
         self.redis.stop()
 
-    def service(self, env=None, via_proxy=False, proxy_seed=0):
+    def service(self, env=None, via_proxy=False, proxy_seed=0, url_query=""):
         proxy = None
         url = self.redis.url
         if via_proxy:
             proxy = FaultProxy("127.0.0.1", self.redis.port, max_connections=2048, seed=proxy_seed).start()
             self.proxies.append(proxy)
             url = proxy.url
-        svc = Gunicorn(SERVICE_CONF, self.workdir, {"REDIS_URL": url, **(env or {})}, workers=2)
+        svc = Gunicorn(SERVICE_CONF, self.workdir, {"REDIS_URL": url + url_query, **(env or {})}, workers=2)
         self.services.append(svc)
         svc.start(30)
         return svc, proxy
@@ -211,15 +211,23 @@ class Bench:
     def steady(self, data):
         svc, _ = self.service({"REQUEST_TIMEOUT": 2})
         load = Load(svc.port, data, clients=32, max_requests=self.scale(30000, 8000), max_seconds=30).start()
+        peak = {}
+        while load.running():  # what the server sees: connections per worker (POOL_MULTIPLEX, default 2)
+            names = [c["name"] for c in self.service_clients()]
+            for name in set(names):
+                peak[name] = max(peak.get(name, 0), names.count(name))
+            gevent.sleep(0.05)
         load.join()
         self.finish(svc)
-        self.add(summarize("steady state", load, ()))
+        self.add(summarize("steady state", load, (), extra={"peak_connections_per_worker": peak},
+                           notes=f"peak connections per worker on the server: {sorted(peak.values())}"))
 
     def pool_exhausted(self, data):
-        # 2 connections per worker, each command held 0.3 s by the proxy, 48 clients: most must get a 503 after
-        # POOL_TIMEOUT (0.25 s), never wait longer
+        # one shared connection per worker (POOL_MAX_SIZE 2: POOL_MULTIPLEX 1) owing at most 4 replies, each
+        # command held 0.3 s by the proxy, 48 clients: most must get a 503 after POOL_TIMEOUT (0.25 s) waiting for
+        # room, never wait longer (with POOL_MULTIPLEX=0 the same env exhausts the 2 exclusive connections)
         env = {"POOL_MAX_SIZE": 2, "POOL_TIMEOUT": 0.25, "REQUEST_TIMEOUT": 3, "RETRY_AFTER": 1}
-        svc, proxy = self.service(env, via_proxy=True)
+        svc, proxy = self.service(env, via_proxy=True, url_query="?multiplex_max_in_flight=4")
         load = Load(svc.port, data, clients=48, max_requests=50000, max_seconds=12, error_pause=0.005).start()
         gevent.sleep(0.5)
         proxy.delay(0.15)
@@ -230,7 +238,8 @@ class Bench:
         load.stop()
         self.finish(svc, proxy)
         slow_503 = load.max_latency.get(503, 0.0)
-        self.add(summarize("pool exhausted (2 conns/worker, +0.3 s per command, 48 clients, 3 s)", load, (503,),
+        self.add(summarize("pool exhausted (1 shared conn/worker owing 4 replies at most, +0.3 s per command, "
+                           "48 clients, 3 s)", load, (503,),
                            cleared_at=cleared, extra={"expected_label": label(load.counts, (503,)),
                                                       "max_503_latency_s": round(slow_503, 3)},
                            notes=f"every 503 carried Retry-After; slowest 503 took {slow_503 * 1000:.0f} ms "

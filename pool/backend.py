@@ -33,6 +33,17 @@ class Backend(Protocol):
         used; nothing of ``r`` may be kept past the block."""
         ...
 
+    def shared_client(self) -> Any:
+        """A ``redis.Redis``-like client that every greenlet of the process may use at once, for the pool's
+        life (not pinned, no block): each command takes what it needs for that command alone. A
+        ``RedisPool`` (and ``SentinelRedisPool``) gives one ``PooledRedis`` on itself: with ``multiplex``
+        on, commands that may share go to the shared connections and any other borrows an exclusive
+        connection for the call; without, every command borrows one. A ``ClusterPool`` gives its cluster
+        client, whose node pools multiplex alike. Checkouts and waits for room on a shared connection
+        wait up to the pool's ``timeout``. Two commands may run on two connections: use ``client()`` for
+        session state, transactions and WATCH, or to read your writes on one connection."""
+        ...
+
     def get_stats(self) -> dict[str, int]:
         """Gauges and counters keyed by the names in ``pool.stats`` (a cluster adds its node pools' up)."""
         ...

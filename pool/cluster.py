@@ -25,6 +25,7 @@ from redis.retry import Retry
 
 from . import stats as S
 from .errors import PoolClosed
+from .handle import SharedHandle
 from .options import OPTIONS
 from .options import check as check_option
 from .redis_pool import RedisPool
@@ -112,10 +113,18 @@ def cluster_client(startup_nodes: Iterable[ClusterNode | tuple[str, int]], *, ma
 
 
 class ClusterNodePool(RedisPool):
-    """A node's pool in a ``ClusterPool``: checkouts honour the deadline of the ``client(timeout)`` block
-    they run in."""
+    """A node's pool in a ``ClusterPool``: exclusive checkouts honour the deadline of the ``client(timeout)``
+    block they run in. With ``multiplex`` on, redis-py's cluster client gets a ``SharedHandle`` per command,
+    as from any multiplexed ``RedisPool``: commands that may share go to this node's shared connections
+    (their waits for room use the pool's own ``timeout``), the others (ASKING and the redirected command,
+    transactions, blocking commands) move to an exclusive connection, borrowed under the block's deadline."""
 
-    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> ReplyTracking:
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        if self._mux is not None:
+            return SharedHandle(self)
+        return self.getconn(_checkout_timeout.get())
+
+    def _getconn_exclusive(self) -> ReplyTracking:
         return self.getconn(_checkout_timeout.get())
 
 
@@ -182,6 +191,10 @@ class ClusterPool:
         self.options = dict(options)
         self.name: str = merged.get("name") or f"cluster-{id(self):x}"
         self.max_size: int = merged.get("max_size", merged.get("max_connections", 10))
+        multiplex = merged.get("multiplex", 0)
+        if multiplex and multiplex >= self.max_size:  # each node pool would refuse it at the first request
+            raise ValueError(f"multiplex ({multiplex}) must be below max_size ({self.max_size}): exclusive commands "
+                             "(transactions, blocking commands, pub/sub) need connections of their own")
         self._client: PooledRedisCluster | None = None
         self._closed = False
         self._making = Semaphore()
@@ -198,6 +211,13 @@ class ClusterPool:
         if client is None:
             client = self._connect()
         return _ClusterBlock(client, timeout)
+
+    def shared_client(self) -> PooledRedisCluster:
+        """The cluster client itself (``Backend.shared_client``): every greenlet may use it at once; each node
+        checkout waits up to the node pools' ``timeout``; with ``multiplex`` on, the node pools share
+        connections for the commands that may. Made on first use, like ``client()``."""
+        client = self._client
+        return client if client is not None else self._connect()
 
     def _connect(self) -> PooledRedisCluster:
         with self._making:  # concurrent first requests wait for one slot-map query

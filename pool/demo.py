@@ -1,15 +1,24 @@
-"""The seed's lesson, runnable: one connection shared by every greenlet goes wrong; a pool does not.
+"""The seed's lesson, runnable: one connection shared by every greenlet goes wrong; a pool does not, and
+neither does one connection shared the multiplexed way.
 
     python -m pool.demo [--url URL] [--greenlets 50] [--requests 2000]
 
-The same workload runs two ways. Every greenlet GETs keys whose value is the key's own name, so a reply
-meant for another greenlet is caught at once:
+The same workload runs three ways. Every greenlet GETs keys whose value is the key's own name, so a reply
+meant for another greenlet is caught at once. Each request is the seed's: send ``GET key``, wait a moment
+for something else (a random pause under ``PAUSE`` seconds: the request's other I/O, as web requests do),
+then read the reply.
 
 * wrong: one module-level connection, made once and used by all greenlets (the seed's ``RedisFactory``).
-  A greenlet that sent its command and waits for the reply yields; the next one sends on the same socket,
-  so replies are read by whoever reads first, or the read fails. redis-py's ``single_connection_client=True``
-  adds a lock, which stops the cross-talk only by serialising every greenlet onto that one connection.
-* right: ``redis.Redis(connection_pool=RedisPool(...))``: each command borrows its own connection.
+  While a greenlet pauses between its send and its read, the others send and read on the same socket: the
+  pauses end in another order than the sends went out, so a read takes the reply at the head of the
+  stream, another greenlet's. Every run crosses replies; some reads also fail (gevent refuses a second
+  greenlet waiting on one socket). redis-py's ``single_connection_client=True`` adds a lock, which stops
+  the cross-talk only by serialising every greenlet onto that one connection.
+* right: ``RedisPool``: each request borrows a connection of its own (``pool.connection()``) for its send
+  and its read; it holds it through the pause, so requests queue for the pool's 10 connections.
+* right, and faster: ``RedisPool(multiplex=1)``: every greenlet sends on ONE shared connection, as the wrong
+  way does, through ``pool.get_connection()`` (what ``redis.Redis`` calls), and its read waits for its own
+  command's reply: the pool keeps the order of the waiters as the order of the commands on the wire.
 
 Without ``--url`` a private redis-server is started on a free loopback port and stopped at the end.
 Everything is bounded: ``--requests`` in total, socket timeouts of 1 s, and ``--deadline`` seconds per way.
@@ -44,7 +53,8 @@ from .urls import parse_redis_url
 __all__ = ["format_table", "run_demo"]
 
 KEYS = 100  # demo:key:0 .. demo:key:99, each holding its own name
-WAYS = ("shared connection (wrong)", "RedisPool (right)")
+WAYS = ("shared connection (wrong)", "RedisPool (right)", "multiplexed connection (right)")
+PAUSE = 0.001  # the longest pause between a request's send and its read, seconds
 _SOCKET_OPTIONS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
 
 _shared: _SharedConnection | None = None  # the wrong way: one connection for the whole process, as in the seed
@@ -82,10 +92,40 @@ def _close_shared() -> None:
             sock.close()
 
 
-def _get_shared(url: str, key: str) -> Any:
-    conn = get_shared_connection(url)
+def _request(conn: Any, key: str, pause: Callable[[], None]) -> Any:
+    """The seed's request on ``conn``: send, pause (the request's other I/O), read."""
     conn.send_command("GET", key)
+    pause()
     return conn.read_response()
+
+
+def _wrong_way(url: str, pause: Callable[[], None]) -> Callable[[str], Any]:
+    """Every request on the process's one connection."""
+    return lambda key: _request(get_shared_connection(url), key, pause)
+
+
+def _pooled_way(pool: RedisPool, pause: Callable[[], None]) -> Callable[[str], Any]:
+    """Each request on a connection borrowed for it alone."""
+    def get(key: str) -> Any:
+        with pool.connection() as conn:
+            return _request(conn, key, pause)
+    return get
+
+
+def _multiplexed_way(pool: RedisPool, pause: Callable[[], None]) -> Callable[[str], Any]:
+    """Each request through redis-py's pool protocol on a multiplexed pool: one shared connection for all."""
+    def get(key: str) -> Any:
+        conn = pool.get_connection()
+        try:
+            return _request(conn, key, pause)
+        finally:
+            pool.release(conn)
+    return get
+
+
+def _pauses(seed: int) -> Callable[[], None]:
+    rng = random.Random(seed)
+    return lambda: gevent.sleep(rng.uniform(0.0, PAUSE))
 
 
 class _Tally:
@@ -133,7 +173,7 @@ def _run_way(get: Callable[[str], Any], greenlets: int, requests: int, deadline:
 
 def run_demo(url: str, greenlets: int = 50, requests: int = 2000, deadline: float = 30.0,
              seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Run the workload the wrong way and the right way against ``url``; return ``{way: counts}``.
+    """Run the workload the wrong way and both right ways against ``url``; return ``{way: counts}``.
 
     Counts are ``requests``, ``correct``, ``wrong`` (another key's reply), ``errors`` and ``seconds``,
     plus ``samples`` of wrong replies. Needs gevent's sockets (``monkey.patch_all()`` first): with
@@ -144,15 +184,17 @@ def run_demo(url: str, greenlets: int = 50, requests: int = 2000, deadline: floa
     if greenlets < 1 or requests < 1:
         raise ValueError(f"greenlets and requests must be >= 1, got {greenlets} and {requests}")
     pool = RedisPool.from_url(url, max_size=min(greenlets, 10), name="demo", **_SOCKET_OPTIONS)
+    shared = RedisPool.from_url(url, max_size=2, multiplex=1, name="demo", **_SOCKET_OPTIONS)
     client = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]  # a ConnectionPoolInterface
+    ways = (_wrong_way(url, _pauses(seed)), _pooled_way(pool, _pauses(seed)), _multiplexed_way(shared, _pauses(seed)))
     try:
         client.mset({f"demo:key:{i}": f"demo:key:{i}" for i in range(KEYS)})
-        results = {WAYS[0]: _run_way(lambda key: _get_shared(url, key), greenlets, requests, deadline, seed)}
-        results[WAYS[1]] = _run_way(client.get, greenlets, requests, deadline, seed)
+        results = {way: _run_way(get, greenlets, requests, deadline, seed) for way, get in zip(WAYS, ways, strict=True)}
         client.delete(*(f"demo:key:{i}" for i in range(KEYS)))
         return results
     finally:
         _close_shared()
+        shared.close(timeout=1.0)
         pool.close(timeout=1.0)
 
 

@@ -10,8 +10,9 @@ connection of their own, exactly as without multiplexing. Replies still owed on 
 collected first, so the caller reads them in the order it sent them.
 
 Any redis-py connection attribute the handle does not implement (``register_connect_callback``,
-``_parser``, ``can_read``, ...), read or set, also moves it to an exclusive connection and is delegated
-there.
+``_parser``, ``can_read``, ...) also moves it to an exclusive connection and is delegated there, whether
+it is read or written (redis-py and its tests set ``password``, ``next_health_check``, ``_parser``, ... on
+the connection they hold); the handle's own methods may be patched on one handle, as a connection's can.
 """
 from collections import deque
 from collections.abc import Iterable
@@ -43,7 +44,8 @@ class _Batch:
 class SharedHandle:
     """A light per-call stand-in for a redis-py connection on a multiplexed pool (see the module docstring)."""
 
-    __slots__ = ("_pool", "_calls", "_ready", "_exclusive", "_released")
+    # __dict__: its methods may be patched per instance, as a connection's can (mock.patch.object)
+    __slots__ = ("_pool", "_calls", "_ready", "_exclusive", "_released", "__dict__")
 
     def __init__(self, pool: "RedisPool") -> None:
         self._pool = pool
@@ -234,15 +236,15 @@ class SharedHandle:
         return getattr(self.exclusive(), name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in SharedHandle.__slots__ or hasattr(SharedHandle, name):
-            object.__setattr__(self, name, value)  # the handle's own (its methods stay read-only)
-        else:  # a connection attribute only a redis-py connection has (``password``, ...): the exclusive one's
+        if name in _OWN or hasattr(SharedHandle, name):  # the handle's own (a method patched on this instance)
+            _set_own(self, name, value)
+        else:  # a connection attribute: it belongs to the exclusive connection, as a read of it would
             setattr(self.exclusive(), name, value)
 
     def __delattr__(self, name: str) -> None:
-        if name in SharedHandle.__slots__ or hasattr(SharedHandle, name):
+        if name in _OWN or hasattr(SharedHandle, name):
             object.__delattr__(self, name)
-        else:
+        else:  # mock.patch.object restores a patched connection attribute this way
             delattr(self.exclusive(), name)
 
     def __repr__(self) -> str:
@@ -253,3 +255,7 @@ class SharedHandle:
     def exclusive_connection(self) -> Any | None:
         """The exclusive connection this handle moved to, or None while it is on the shared path."""
         return self._exclusive
+
+
+_OWN = frozenset(SharedHandle.__slots__) - {"__dict__"}
+_set_own = object.__setattr__

@@ -186,18 +186,21 @@ class Multiplexer:
     # -- opening ------------------------------------------------------------------------------------------
     def _open_first(self, deadline: float | None, queued: bool) -> None:
         """No shared connection is open: open one (in its own greenlet, so a cancelled caller cannot cut the
-        handshake short) and wait for it; its error (refused, backoff, PoolTimeout) is the caller's."""
+        handshake short) and wait for it; its error (refused, backoff, PoolTimeout) is the caller's. With
+        ``timeout=0`` ("do not wait") the caller waits for the open itself, as on the exclusive path, where
+        opening a connection into a free slot is not a wait (the open is bounded by the pool's checkout and
+        ``socket_connect_timeout``)."""
         pending = self._first
         if pending is None:  # this caller opens it (as on the exclusive path, not counted as waiting)
             pending = self._first = self._start_open()
-            pending.wait(self._remaining(deadline))  # a caller's own gevent.Timeout or kill passes through
+            pending.wait(self._open_wait(deadline))  # a caller's own gevent.Timeout or kill passes through
         else:  # the others wait for it: in requests_waiting, and within max_waiting (unless queued already)
             if not queued:
                 self._refuse_beyond_max_waiting("the first shared connection")
                 self.pool._counters[S.REQUESTS_QUEUED] += 1
             self._waiting_first += 1
             try:
-                pending.wait(self._remaining(deadline))
+                pending.wait(self._open_wait(deadline))
             finally:
                 self._waiting_first -= 1
         if not pending.ready():
@@ -210,6 +213,11 @@ class Multiplexer:
     @staticmethod
     def _remaining(deadline: float | None) -> float | None:
         return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _open_wait(self, deadline: float | None) -> float | None:
+        """How long to wait for the first open: the checkout deadline, except with ``timeout=0``, where the
+        open itself is waited for (it is bounded by ``socket_connect_timeout``)."""
+        return None if self.pool.timeout == 0 else self._remaining(deadline)
 
     def _grow(self) -> None:
         """All open connections are busy: open one more in the background, if a slot is free right now."""

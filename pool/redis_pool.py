@@ -113,6 +113,7 @@ class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
         self.cache = None
         self._encoder: Encoder | None = None
         self._client_template: type[_PinnedRedis] | None = None
+        self._shared_client: PooledRedis | None = None
         self._lock = threading.RLock()  # redis-py's cluster client holds it around disconnect_free_connections()
 
     # -- resource hooks -------------------------------------------------------------------------------
@@ -183,6 +184,17 @@ class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
         cancellation behave as for ``connection()``; ``r`` must not be used after the block.
         """
         return _PinnedClient(self, timeout)
+
+    def shared_client(self) -> PooledRedis:
+        """The one ``PooledRedis`` on this pool that every greenlet may use at once (``Backend.shared_client``):
+        not pinned, so each command goes to a shared connection when it may share (``multiplex``), else
+        borrows an exclusive connection for that command alone. Timeout, close and cancellation behave as
+        for ``connection()``, per command; a cancelled command on a shared connection leaves it in service."""
+        client = self._shared_client
+        if client is None:
+            # redis-py annotates connection_pool as ConnectionPool; any ConnectionPoolInterface works
+            client = self._shared_client = PooledRedis(connection_pool=self)  # type: ignore[arg-type]
+        return client
 
     def _pinned_class(self) -> type[_PinnedRedis]:
         """The class of this pool's pinned clients: the state ``redis.Redis.__init__`` gives every client, made

@@ -246,10 +246,13 @@ def _sample_waiting(service, samples):
 def test_leaked_checkout_is_reported_in_the_error_log(gunicorn_factory, redis_server, admin):
     """A request holding its connection longer than the pool's leak_threshold (``?leak_threshold=`` in REDIS_URL)
     is still answered correctly, and the pool
-    logs one warning with the borrower's stack in gunicorn's error log; a quick request logs none."""
+    logs one warning with the borrower's stack in gunicorn's error log; a quick request logs none. (Leaks are
+    borrows of exclusive connections, hence POOL_MULTIPLEX=0: shared connections are held by the multiplexer
+    for good, and a slow reply on one is bounded by socket_timeout instead.)"""
     expected = seed(admin, 4)
     with FaultProxy("127.0.0.1", redis_server.port) as proxy:
-        service = gunicorn_factory(env={"REDIS_URL": proxy.url + "?leak_threshold=0.3", "REQUEST_TIMEOUT": 5})
+        service = gunicorn_factory(env={"REDIS_URL": proxy.url + "?leak_threshold=0.3", "REQUEST_TIMEOUT": 5,
+                                        "POOL_MULTIPLEX": 0})
         figures = Figures("7 leaked checkout")
         figures.record("h0", service.request("GET", "/hashes/h0"))
         proxy.delay(0.4)  # one HGETALL holds the connection 0.8 s: a leak by the threshold
@@ -271,7 +274,8 @@ def test_leaked_checkout_is_reported_in_the_error_log(gunicorn_factory, redis_se
 @pytest.mark.timing
 def test_redis_frozen_every_request_answered_within_request_timeout(gunicorn_factory, redis_server, admin):
     """Redis SIGSTOPped under load: every request is answered (503 or 504) within REQUEST_TIMEOUT + 0.5 s, none
-    hangs; after SIGCONT the service recovers by itself and no reply is crossed."""
+    hangs; after SIGCONT the service recovers by itself and no reply is crossed. The cancelled requests' replies
+    are read and dropped when they come (the shared connections stay in service)."""
     expected = seed(admin)
     service = gunicorn_factory(env={"REDIS_URL": redis_server.url, "REQUEST_TIMEOUT": 1, "POOL_TIMEOUT": 0.5,
                                     "POOL_MAX_SIZE": 4})
@@ -295,7 +299,7 @@ def test_redis_frozen_every_request_answered_within_request_timeout(gunicorn_fac
     assert traffic.count("ok", resumed_at + 1.0) == len([1 for s, _, _ in traffic.log if s >= resumed_at + 1.0])
     assert figures.recovery is not None and figures.recovery < 1.5
     pool = stats(service)
-    assert pool["discarded_cancelled"] >= 1 and pool["pool_size"] <= 4
+    assert pool["mux_replies_dropped"] >= 1 and pool["pool_size"] <= 4
     print(f"8: slowest {slowest:.2f}s, recovered {figures.recovery:.3f}s after SIGCONT")
 
 

@@ -62,11 +62,12 @@ def pool_gauges(samples):
 def test_counters_gauges_and_labels_under_load(gunicorn_factory, redis_url, admin):
     """With 2 workers under load, the scraped request counter agrees with the requests sent (within the ones in
     flight during the scrape, exactly once the load stopped); the pool gauges return to idle values; no label
-    holds a raw key; the private metrics directory is removed when the master exits.
+    holds a raw key; the private metrics directory is removed when the master exits. (POOL_MULTIPLEX=0: one
+    checkout per request; the multiplexed counters are the next test's.)
     """
     expected = seed(admin)
-    service = gunicorn_factory(env={"REDIS_URL": redis_url, "POOL_MAX_SIZE": 3, "METRICS_INTERVAL": 0.2},
-                               args=["--access-logfile", "-"], workers=2)
+    service = gunicorn_factory(env={"REDIS_URL": redis_url, "POOL_MAX_SIZE": 3, "METRICS_INTERVAL": 0.2,
+                                    "POOL_MULTIPLEX": 0}, args=["--access-logfile", "-"], workers=2)
     clients = 12
     load = Load(service.port, Dataset.of(expected), clients=clients, max_requests=3000, max_seconds=30).start()
     load.wait_ok(300)
@@ -104,6 +105,60 @@ def test_counters_gauges_and_labels_under_load(gunicorn_factory, redis_url, admi
     assert not Path(metrics_dir).exists(), "the private metrics directory outlives the master"
 
 
+MUX_COUNTERS = ("mux_commands", "mux_batches", "mux_connections_created", "mux_replies_dropped",
+                "mux_cancelled_unsent", "exclusive_checkouts")
+
+
+def mux_counters(samples):
+    return {name: total(samples, f"greenpool_pool_{name}_total") for name in MUX_COUNTERS}
+
+
+def test_multiplexing_counters_under_load(gunicorn_factory, redis_url, admin):
+    """With 2 workers on the default multiplexed path: after a checked load, /metrics counts every request's
+    command as multiplexed, in fewer writes than commands, on 1 or 2 shared connections per worker and no
+    exclusive checkout; the shared connections show as in use (the multiplexer holds them). A request cancelled
+    by REQUEST_TIMEOUT while Redis is paused counts one reply dropped and closes no connection. /stats shows the
+    same keys for the worker that answers."""
+    expected = seed(admin)
+    service = gunicorn_factory(env={"REDIS_URL": redis_url, "METRICS_INTERVAL": 0.1, "REQUEST_TIMEOUT": 0.3},
+                               workers=2)
+    load = Load(service.port, Dataset.of(expected), clients=32, max_requests=4000, max_seconds=30).start()
+    load.join(timeout=40)
+    assert load.failed == [] and load.ok == 4000
+
+    def caught_up():  # each worker's reading is up to METRICS_INTERVAL old
+        return mux_counters(scrape(service)[0])["mux_commands"] >= load.ok
+
+    wait_until(caught_up, 5, interval=0.1, what="the multiplexed commands counted")
+    samples = scrape(service)[0]
+    counters, gauges = mux_counters(samples), pool_gauges(samples)
+    assert counters["mux_commands"] == load.ok  # one HGETALL per request; /healthz, /metrics, /stats need no Redis
+    assert 0 < counters["mux_batches"] <= counters["mux_commands"]
+    assert 2 <= counters["mux_connections_created"] <= 4 and counters["exclusive_checkouts"] == 0
+    assert counters["mux_replies_dropped"] == counters["mux_cancelled_unsent"] == 0
+    assert gauges["in_use"] == gauges["size"] == counters["mux_connections_created"] and gauges["idle"] == 0
+    assert total(samples, "greenpool_pool_connections_created_total") == counters["mux_connections_created"]
+    worker = service.request("GET", "/stats").json()["pool"]
+    assert set(MUX_COUNTERS) - {"mux_connections_created"} | {"mux_connections_num"} <= set(worker)
+    assert worker["mux_commands"] >= 1 and worker["exclusive_checkouts"] == 0
+
+    admin.client_pause(800)  # the next request's HGETALL is written, then waits: REQUEST_TIMEOUT cancels it
+    assert service.request("GET", f"/hashes/{SECRET}-1").status == 504
+
+    def dropped():
+        samples = scrape(service)[0]
+        return (mux_counters(samples)["mux_replies_dropped"] == 1
+                and total(samples, "greenpool_http_requests_total", status="504") == 1)
+
+    wait_until(dropped, 5, interval=0.1, what="the cancelled request's reply dropped")
+    samples = scrape(service)[0]
+    assert total(samples, "greenpool_pool_connections_closed_total") == 0
+    assert total(samples, "greenpool_pool_connections_created_total") == counters["mux_connections_created"]
+    print(f"multiplexed: {counters['mux_commands']:.0f} commands in {counters['mux_batches']:.0f} writes "
+          f"({counters['mux_commands'] / counters['mux_batches']:.1f} per write) on "
+          f"{counters['mux_connections_created']:.0f} shared connections")
+
+
 def test_sigkilled_worker_leaves_no_live_gauges(gunicorn_factory, redis_url, tmp_path):
     """After a worker is SIGKILLed and replaced, the metrics directory no longer holds its live gauges (the
     master's child_exit removed them), so the fleet's gauges count live workers only; its counters stay. Stale
@@ -130,10 +185,10 @@ def test_sigkilled_worker_leaves_no_live_gauges(gunicorn_factory, redis_url, tmp
 
 def test_leaks_and_discards_in_error_log(gunicorn_factory, redis_url, admin):
     """A borrow held past leak_threshold and a connection discarded by a request timeout are logged in
-    gunicorn's error log with the worker's pid, and counted in /metrics.
+    gunicorn's error log with the worker's pid, and counted in /metrics (exclusive connections: POOL_MULTIPLEX=0).
     """
     service = gunicorn_factory(env={"REDIS_URL": redis_url + "?leak_threshold=0.05", "REQUEST_TIMEOUT": 0.3,
-                                    "METRICS_INTERVAL": 0.1}, workers=1)
+                                    "METRICS_INTERVAL": 0.1, "POOL_MULTIPLEX": 0}, workers=1)
     (worker,) = service.wait_workers(1)
     assert service.request("GET", "/readyz").status == 200  # a connection is open and idle
     admin.client_pause(800)  # the service's next command waits: the borrow outlives leak_threshold and the request

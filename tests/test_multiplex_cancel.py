@@ -270,6 +270,22 @@ def test_callers_waiting_for_the_first_shared_connection_count_and_are_bounded(m
     assert stat(p, S.REQUESTS_REJECTED) == 7 and stat(p, S.REQUESTS_WAITING) == 0
 
 
+def test_timeout_zero_opens_the_first_shared_connection_then_never_waits(make_pool, proxy, own_keys):
+    """``timeout=0`` ("do not wait") lets a call open the first shared connection, as an exclusive checkout may
+    open a connection into a free slot; beyond the in-flight bound it fails at once with PoolTimeout."""
+    p = make_pool(proxy.url, multiplex=1, multiplex_max_in_flight=1, timeout=0)
+    r = PooledRedis(connection_pool=p)
+    assert r.get("own:0") == b"own:0"  # the open is not a wait
+    proxy.delay(0.3)
+    first = gevent.spawn(r.get, "own:1")  # owes the one reply allowed
+    gevent.sleep(0.02)
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        r.get("own:2")
+    assert time.monotonic() - started < 0.1
+    assert first.get(timeout=2) == b"own:1"
+
+
 def test_queued_bytes_bound_holds_writers_back(make_pool, proxy, own_keys):
     """With the network not taking bytes, a caller whose command would push the unwritten bytes past
     multiplex_max_queued_bytes waits (PoolTimeout after the pool's timeout) instead of growing the queue."""

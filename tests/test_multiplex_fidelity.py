@@ -216,6 +216,33 @@ def test_same_values_and_exceptions_as_redis_py(redis_url, admin, script, client
         reference_pool.disconnect()
 
 
+def test_connection_attributes_set_on_a_handle_reach_its_exclusive_connection(redis_url):
+    """redis-py code (and its tests) set and patch attributes of the connection a client holds: on a
+    multiplexed pool that object is a SharedHandle, and an attribute it does not have of its own is set on, and
+    deleted from, its exclusive connection (as reading one is); mock.patch.object restores it; the handle's own
+    methods may be patched on the handle itself."""
+    from unittest import mock
+
+    p = RedisPool.from_url(redis_url, max_size=3, multiplex=1, name="attrs")
+    try:
+        handle = p.get_connection()
+        assert handle.exclusive_connection is None
+        handle.next_health_check = 12.5
+        conn = handle.exclusive_connection
+        assert conn is not None and conn.next_health_check == 12.5 == handle.next_health_check
+        parser = conn._parser
+        with mock.patch.object(handle, "_parser") as patched:
+            assert conn._parser is patched
+        assert conn._parser is parser
+        with mock.patch.object(handle, "send_command", wraps=handle.send_command) as spied:
+            handle.send_command("PING")
+        assert spied.call_args_list == [mock.call("PING")] and "send_command" not in vars(handle)
+        assert handle.read_response() == b"PONG"
+        p.release(handle)
+    finally:
+        p.close(timeout=1.0)
+
+
 @pytest.mark.parametrize("decode", [False, True], ids=["bytes", "decoded"])
 def test_raw_execute_returns_what_read_response_returns(redis_url, admin, decode):
     """``p.execute(...)`` on the shared path returns exactly what ``send_command`` + ``read_response`` return

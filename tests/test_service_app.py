@@ -196,6 +196,35 @@ def test_settings_errors_name_the_variable():
         load({"POOL_MAX_SIZE": "2", "POOL_MIN_SIZE": "3"})
 
 
+def test_pool_multiplex_setting():
+    """POOL_MULTIPLEX: unset it is 2, or what POOL_MAX_SIZE leaves room for (one connection at least stays for
+    exclusive commands); set, it must be an integer >= 0 below POOL_MAX_SIZE, else SettingsError naming it;
+    0 turns multiplexing off."""
+    assert load({}).pool_multiplex == 2
+    assert [load({"POOL_MAX_SIZE": str(size)}).pool_multiplex for size in (1, 2, 3)] == [0, 1, 2]
+    assert load({"POOL_MULTIPLEX": "0"}).pool_multiplex == 0
+    assert load({"POOL_MULTIPLEX": "9", "POOL_MAX_SIZE": "10"}).pool_multiplex == 9
+    for env in ({"POOL_MULTIPLEX": "-1"}, {"POOL_MULTIPLEX": "two"}, {"POOL_MULTIPLEX": "10"},
+                {"POOL_MULTIPLEX": "2", "POOL_MAX_SIZE": "2"}):
+        with pytest.raises(SettingsError, match="POOL_MULTIPLEX"):
+            load(env)
+
+
+def test_pool_multiplex_reaches_the_pool(make_app, admin):
+    """The worker's pool gets POOL_MULTIPLEX: its commands go on shared connections (0: exclusive ones)."""
+    admin.hset("key", mapping={"a": "1"})
+    try:
+        for multiplex in (2, 0):
+            app = make_app(POOL_MULTIPLEX=multiplex)
+            assert call(app, "GET", "/")[::2] == (200, {"a": "1"})
+            pool = app.pool.get()
+            stats = pool.get_stats()
+            assert pool.multiplex == multiplex
+            assert (stats["mux_commands"], stats["exclusive_checkouts"]) == ((1, 0) if multiplex else (0, 1))
+    finally:
+        admin.delete("key")
+
+
 def test_zero_means_off_for_the_service_settings_too(make_app, admin):
     """REQUEST_TIMEOUT=0 is no deadline (a literal 0 s would answer 504 at the first wait on Redis) and
     POOL_MAX_WAITING=0 no limit, as 0 means off for the pool's options; POOL_TIMEOUT=0 is "do not wait"."""

@@ -181,25 +181,28 @@ def _request_or_error(*args):
         return exc
 
 
-def _busy(service):
-    """Connections of the (single) worker's pool that are borrowed or being opened."""
+def _stuck(service, multiplex):
+    """Requests of the (single) worker waiting on Redis: commands sent on its shared connections (counted from
+    the warm-up request on), or its connections borrowed or being opened (POOL_MULTIPLEX=0)."""
     pool = service.request("GET", "/stats").json()["pool"]
-    return pool["pool_size"] - pool["pool_available"]
+    return pool["mux_commands"] - 1 if multiplex else pool["pool_size"] - pool["pool_available"]
 
 
 @pytest.mark.timing
-@pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGINT])
-def test_quick_shutdown_does_not_hang_on_stuck_requests(gunicorn_factory, redis_server, admin, sig):
-    """SIGQUIT/SIGINT while requests hang on a frozen Redis: the worker gives the pool POOL_CLOSE_TIMEOUT, then
-    exits; the master is gone within seconds (not REQUEST_TIMEOUT, not GRACEFUL_TIMEOUT).
+@pytest.mark.parametrize("sig, multiplex", [(signal.SIGQUIT, 2), (signal.SIGINT, 0)])
+def test_quick_shutdown_does_not_hang_on_stuck_requests(gunicorn_factory, redis_server, admin, sig, multiplex):
+    """SIGQUIT/SIGINT while requests hang on a frozen Redis (on a shared connection, or each on its own): the
+    worker gives the pool POOL_CLOSE_TIMEOUT, then exits; the master is gone within seconds (not REQUEST_TIMEOUT,
+    not GRACEFUL_TIMEOUT).
     """
     admin.hset("greenpool:k", "v", "1")
     service = gunicorn_factory(env={"REDIS_URL": redis_server.url, "POOL_CLOSE_TIMEOUT": 1, "REQUEST_TIMEOUT": 60,
-                                    "GRACEFUL_TIMEOUT": 30, "POOL_MAX_SIZE": 4})
+                                    "GRACEFUL_TIMEOUT": 30, "POOL_MAX_SIZE": 4, "POOL_MULTIPLEX": multiplex})
+    assert service.request("GET", "/hashes/k").status == 200  # warm-up: a connection is open
     redis_server.pause()
     try:
         stuck = [gevent.spawn(_request_or_error, service.port, "GET", "/hashes/k") for _ in range(3)]
-        wait_until(lambda: _busy(service) >= 3, 10, interval=0.02, what="requests stuck on Redis")
+        wait_until(lambda: _stuck(service, multiplex) >= 3, 10, interval=0.02, what="requests stuck on Redis")
         started = time.monotonic()
         service.send(sig)
         assert service.wait_exit(15) == 0
@@ -230,7 +233,8 @@ def test_preload_four_workers_zero_crossed_replies(gunicorn_factory, redis_url, 
 def test_invalid_setting_stops_startup(tmp_path, redis_url):
     """An invalid value stops gunicorn at start-up with a message naming the variable."""
     for env, needle in [({"POOL_MAX_SIZE": "lots"}, "POOL_MAX_SIZE must be an integer"),
-                        ({"KEEPALIVE": "40", "GRACEFUL_TIMEOUT": "30"}, "KEEPALIVE must be <= 29")]:
+                        ({"KEEPALIVE": "40", "GRACEFUL_TIMEOUT": "30"}, "KEEPALIVE must be <= 29"),
+                        ({"POOL_MULTIPLEX": "4", "POOL_MAX_SIZE": "4"}, r"POOL_MULTIPLEX must be below POOL_MAX_SIZE")]:
         service = service_runner(tmp_path, {"REDIS_URL": redis_url, **env})
         with pytest.raises(RuntimeError, match=needle):
             service.start(timeout=20)

@@ -143,6 +143,7 @@ def test_routes_through_sentinel(gunicorn_factory, topology):
     assert service.request("DELETE", "/hashes/s1", headers=AUTH).status == 204
     stats = service.request("GET", "/stats").json()["pool"]
     assert stats["pool_max"] == 10 and stats["connections_num"] >= 1
+    assert stats["mux_commands"] >= 4 and stats["exclusive_checkouts"] == 0  # every route shared (POOL_MULTIPLEX)
     with redis.Redis(host=host, port=port, decode_responses=True) as master:
         assert service_clients(master)
         service.stop()  # worker_exit closes the pool and its connections to the sentinels

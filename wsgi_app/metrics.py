@@ -60,6 +60,18 @@ _COUNTERS = (
     (S.CONNECTIONS_NUM, "greenpool_pool_connections_created", "Connections opened"),
     (S.CONNECTIONS_ERRORS, "greenpool_pool_connect_errors", "Failed attempts to open a connection"),
     (S.LEAKS_REPORTED, "greenpool_pool_leaks_reported", "Borrows held past leak_threshold (logged with their stack)"),
+    (S.EXCLUSIVE_CHECKOUTS, "greenpool_pool_exclusive_checkouts",
+     "Connections borrowed for one caller alone (without multiplexing: every checkout)"),
+    # Multiplexing (POOL_MULTIPLEX); all stay 0 with POOL_MULTIPLEX=0
+    (S.MUX_CONNECTIONS_NUM, "greenpool_pool_mux_connections_created",
+     "Shared connections opened (each also counts in greenpool_pool_connections_created)"),
+    (S.MUX_COMMANDS, "greenpool_pool_mux_commands", "Commands sent on shared connections"),
+    (S.MUX_BATCHES, "greenpool_pool_mux_batches",
+     "Writes on shared connections; mux_commands / mux_batches is the mean batch size"),
+    (S.MUX_REPLIES_DROPPED, "greenpool_pool_mux_replies_dropped",
+     "Replies read and dropped on shared connections: their callers gave up after the write (504, kill)"),
+    (S.MUX_CANCELLED_UNSENT, "greenpool_pool_mux_cancelled_unsent",
+     "Commands whose callers gave up before the write: never sent"),
 )
 
 

@@ -66,7 +66,6 @@ class Service:
         self.prefix = settings.key_prefix
         self.default_key = settings.default_key
         self.request_timeout = settings.request_timeout or None  # REQUEST_TIMEOUT=0: no deadline
-        self.pool_timeout = settings.pool_timeout
         self.max_body = settings.max_body_bytes
         self.unavailable_headers = [("Retry-After", str(settings.retry_after))]
         self.token = f"Bearer {settings.api_token}".encode() if settings.api_token else None
@@ -140,7 +139,8 @@ class Service:
         except Timeout as exc:
             if exc is not timer:
                 raise
-            # the pool discarded any connection the handler held: a cancelled request never leaves a reply unread
+            # a cancelled request never leaves a reply for another: an exclusive connection it held was discarded;
+            # on a shared connection its command keeps its place and its reply is read and dropped when it comes
             detail = f"the request took longer than REQUEST_TIMEOUT ({self.request_timeout}s)"
             return error_response(504, "timeout", detail)
         except WrongType as exc:
@@ -216,9 +216,9 @@ class Service:
     def readyz(self, environ, name):
         """200 when Redis answers a PING and (``readiness``) lets the service read and write; else 503."""
         try:
-            with self.pool.get().client(timeout=self.pool_timeout) as client:
-                client.ping()
-                answer = self.readiness.check(client)
+            client = self.pool.shared_client()  # the routes' own path: a shared connection when multiplexed
+            client.ping()
+            answer = self.readiness.check(client)
         except RedisError as exc:
             answer = refusals.classify(exc), [f"{type(exc).__name__}: {exc}"]
         if answer is None:
@@ -236,10 +236,10 @@ class Service:
         return 200, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
 
     def read_hash(self, key):
-        """HGETALL ``key`` through the pool's client (a pinned connection, or the cluster client routing the key);
-        checkouts wait up to the pool's timeout, POOL_TIMEOUT."""
-        with self.pool.get().client() as client:
-            return store.get_hash(client, key, self.max_hash_fields, self.max_hash_bytes)
+        """HGETALL ``key`` through the pool's shared client (``Backend.shared_client``: a shared connection with
+        POOL_MULTIPLEX, else one borrowed for the command; for a cluster, the node serving the key); checkouts
+        and waits for room on a shared connection wait up to the pool's timeout, POOL_TIMEOUT."""
+        return store.get_hash(self.pool.shared_client(), key, self.max_hash_fields, self.max_hash_bytes)
 
     def get_default(self, environ, name):
         return json_response(200, self.read_hash(self.default_key) or {})
@@ -255,24 +255,21 @@ class Service:
         self.check_token(environ)
         key = self.key(name)
         mapping = self.read_json_object(environ)
-        with self.pool.get().client() as client:
-            created = store.replace_hash(client, key, flatten_hash(mapping))
+        created = store.replace_hash(self.pool.shared_client(), key, flatten_hash(mapping))
         return json_response(201 if created else 200, mapping)
 
     def patch_hash(self, environ, name):
         self.check_token(environ)
         key = self.key(name)
         mapping = self.read_json_object(environ)
-        with self.pool.get().client() as client:
-            created, merged = store.merge_hash(client, key, flatten_hash(mapping), self.max_hash_fields,
-                                               self.max_hash_bytes)
+        created, merged = store.merge_hash(self.pool.shared_client(), key, flatten_hash(mapping),
+                                           self.max_hash_fields, self.max_hash_bytes)
         return json_response(201 if created else 200, merged)
 
     def delete_hash(self, environ, name):
         self.check_token(environ)
         key = self.key(name)
-        with self.pool.get().client() as client:
-            deleted = store.delete_hash(client, key)
+        deleted = store.delete_hash(self.pool.shared_client(), key)
         if not deleted:
             raise HTTPError(404, "not_found", f"no hash named {name!r}")
         return NO_CONTENT

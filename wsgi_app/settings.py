@@ -27,6 +27,7 @@ class Settings:
     data_dir: str  # REDIS_DATA_DIR, absolute: the embedded server's data and socket
     pool_max_size: int
     pool_min_size: int
+    pool_multiplex: int  # shared connections per worker for the routes' commands; 0: every command borrows its own
     pool_timeout: float  # seconds to wait for a free connection before answering 503; 0: do not wait
     pool_max_waiting: int  # 0: no limit on requests queued for a connection
     pool_close_timeout: float  # worker_exit: seconds to wait for borrowed connections
@@ -104,6 +105,7 @@ def load(environ=None):
         data_dir=data_dir,
         pool_max_size=max_size,
         pool_min_size=env_int("POOL_MIN_SIZE", 0, minimum=0, maximum=max_size, environ=env),
+        pool_multiplex=_pool_multiplex(max_size, env),
         pool_timeout=env_float("POOL_TIMEOUT", 1.0, minimum=0.0, environ=env),
         pool_max_waiting=env_int("POOL_MAX_WAITING", 0, minimum=0, environ=env),
         pool_close_timeout=env_float("POOL_CLOSE_TIMEOUT", 2.0, minimum=0.0, environ=env),
@@ -136,6 +138,21 @@ def _hash_bounds(env, max_fields, max_body):
         if value < floor:
             raise SettingsError(f"{name} must be >= {floor_name} ({floor}), got {value}")
     return bounds
+
+
+DEFAULT_MULTIPLEX = 2
+
+
+def _pool_multiplex(max_size, env):
+    """POOL_MULTIPLEX, below POOL_MAX_SIZE (the pool keeps one connection at least for exclusive commands).
+    Unset, it is 2, or less when POOL_MAX_SIZE leaves no room (POOL_MAX_SIZE=2: 1; POOL_MAX_SIZE=1: 0, off)."""
+    if env_str("POOL_MULTIPLEX", "", env).strip() == "":
+        return min(DEFAULT_MULTIPLEX, max_size - 1)
+    value = env_int("POOL_MULTIPLEX", DEFAULT_MULTIPLEX, minimum=0, environ=env)
+    if value and value >= max_size:
+        raise SettingsError(f"POOL_MULTIPLEX must be below POOL_MAX_SIZE ({max_size}), got {value}: the pool keeps "
+                            "connections of its own for commands that may not share; 0 turns multiplexing off")
+    return value
 
 
 def check_redis_url(url):

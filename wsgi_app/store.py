@@ -1,6 +1,7 @@
-"""The service's Redis operations on hashes. Each is one atomic round trip through a client the caller borrowed:
-a ``redis.Redis`` pinned to one connection, or for a Redis Cluster the shared cluster client, which sends each
-command and script to the node serving its key (following MOVED and ASK); every script touches one key only.
+"""The service's Redis operations on hashes. Each is one atomic command or script through the backend's shared
+client (``Backend.shared_client``: on a shared connection when multiplexed, HGETALL, EVALSHA and EVAL all may
+share; for a Redis Cluster the cluster client, which sends each command and script to the node serving its key,
+following MOVED and ASK); every script touches one key only, so nothing needs a connection of its own.
 
 A key that holds another Redis type raises ``WrongType`` (the service answers 409); writes check the type
 inside the same Lua script, so nothing is changed in that case.

@@ -3,7 +3,10 @@ never in gunicorn's master, so ``--preload`` cannot share sockets), and closed b
 
 ``REDIS_URL`` names the backend (see ``pool.urls``): a ``RedisPool`` for ``redis://``, ``rediss://`` and
 ``unix://``, a ``SentinelRedisPool`` for ``redis+sentinel://``, a ``ClusterPool`` for ``redis+cluster://``.
-The service uses each through ``pool.backend.Backend`` only, without asking which one it has.
+The service uses each through ``pool.backend.Backend`` only, without asking which one it has: every route's
+commands go through the backend's ``shared_client()``, so with ``POOL_MULTIPLEX`` (default 2) they share a
+few connections per worker (each node's, for a cluster), and with ``POOL_MULTIPLEX=0`` each command borrows
+a connection of its own, as before.
 """
 import os
 
@@ -35,7 +38,11 @@ class WorkerPool:
         s = self._settings
         return parse_redis_url(s.redis_url).make_pool(  # validated by settings.load(): does not raise here
             max_size=s.pool_max_size, min_size=s.pool_min_size, timeout=s.pool_timeout,
-            max_waiting=s.pool_max_waiting, name=f"web-{os.getpid()}")
+            max_waiting=s.pool_max_waiting, multiplex=s.pool_multiplex, name=f"web-{os.getpid()}")
+
+    def shared_client(self):
+        """This process's pool's ``shared_client()``: the one client every request's commands go through."""
+        return self.get().shared_client()
 
     def peek(self):
         """This process's pool if it exists, else ``None``."""
