@@ -15,8 +15,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import redis  # noqa: E402
 
+from pool import RedisPool  # noqa: E402
 from pool.server import RedisProcess, free_port  # noqa: E402
-from pool.testing import ClusterTopology, Gunicorn, SentinelTopology  # noqa: E402
+from pool.testing import ClusterTopology, FaultProxy, Gunicorn, SentinelTopology  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICE_CONF = REPO / "gunicorn.conf.py"  # the service as it is deployed: ``gunicorn -c gunicorn.conf.py``
@@ -74,6 +75,29 @@ def admin(redis_server):
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture
+def new_pool():
+    """``new_pool(url, prefix="t", **options)``: a ``RedisPool`` named <prefix>0, <prefix>1... unless ``name`` is
+    given; every pool it made is closed at teardown. Test modules wrap it as their ``make_pool``."""
+    made = []
+
+    def make(url, prefix="t", **options):
+        options.setdefault("name", f"{prefix}{len(made)}")
+        made.append(RedisPool.from_url(url, **options))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close(timeout=1.0)
+
+
+@pytest.fixture
+def proxy(redis_server):
+    """A FaultProxy in front of the test's redis-server, in pass mode."""
+    with FaultProxy("127.0.0.1", redis_server.port) as fault_proxy:
+        yield fault_proxy
 
 
 @pytest.fixture

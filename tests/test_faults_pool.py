@@ -4,6 +4,7 @@ Every test asserts the scenario's expected behaviour and that no reply reached t
 their own names, so a crossed reply shows as a wrong value. Faults come from ``faults.py`` (a gevent TCP
 proxy, a listener that never answers, process signals); tests wait on state, not on sleeps.
 """
+import functools
 import time
 
 import gevent
@@ -13,9 +14,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pool import RedisPool, core
+from pool import core
 from pool import stats as S
-from pool.testing import FaultProxy, SilentListener, kill_server, wait_until
+from pool.testing import SilentListener, kill_server, wait_until
 
 FAILURES = (RedisConnectionError, RedisTimeoutError)  # redis-py's TimeoutError is not a ConnectionError
 SLACK = 0.25  # tolerance added to a timing bound: scheduling on a busy CI machine, not the pool's slowness
@@ -24,26 +25,9 @@ OWN_KEYS = [f"own:{i}" for i in range(20)]
 
 # -- helpers -------------------------------------------------------------------------------------------------
 @pytest.fixture
-def make_pool():
+def make_pool(new_pool):
     """``make_pool(url, **options)``: a ``RedisPool`` named f0, f1...; closed at teardown."""
-    pools = []
-
-    def make(url, **options):
-        options.setdefault("name", f"f{len(pools)}")
-        p = RedisPool.from_url(url, **options)
-        pools.append(p)
-        return p
-
-    yield make
-    for p in pools:
-        p.close(timeout=1.0)
-
-
-@pytest.fixture
-def proxy(redis_server):
-    """A FaultProxy in front of the test's redis-server, in pass mode."""
-    with FaultProxy("127.0.0.1", redis_server.port) as fault_proxy:
-        yield fault_proxy
+    return functools.partial(new_pool, prefix="f")
 
 
 @pytest.fixture

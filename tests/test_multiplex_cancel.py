@@ -6,6 +6,7 @@ the FIFO and its reply is read and dropped, while the connection stays in servic
 connection). Bounds queue callers in arrival order with the pool's errors; close, fork, health checks and
 lifetime behave as on the exclusive path.
 """
+import functools
 import time
 
 import gevent
@@ -15,34 +16,16 @@ from test_pool_lifecycle import run_in_child
 
 from pool import PoolClosed, PooledRedis, PoolTimeout, RedisPool, TooManyRequests
 from pool import stats as S
-from pool.testing import FaultProxy, wait_until
+from pool.testing import wait_until
 
 OWN_KEYS = [f"own:{i}" for i in range(20)]
 SLACK = 0.25
 
 
 @pytest.fixture
-def make_pool():
+def make_pool(new_pool):
     """``make_pool(url, **options)``: a multiplexed RedisPool (multiplex=1 unless given), closed at teardown."""
-    pools = []
-
-    def make(url, **options):
-        options.setdefault("name", f"m{len(pools)}")
-        options.setdefault("multiplex", 1)
-        options.setdefault("max_size", 4)
-        p = RedisPool.from_url(url, **options)
-        pools.append(p)
-        return p
-
-    yield make
-    for p in pools:
-        p.close(timeout=1.0)
-
-
-@pytest.fixture
-def proxy(redis_server):
-    with FaultProxy("127.0.0.1", redis_server.port) as fault_proxy:
-        yield fault_proxy
+    return functools.partial(new_pool, prefix="m", multiplex=1, max_size=4)
 
 
 @pytest.fixture

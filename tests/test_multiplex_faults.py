@@ -5,6 +5,7 @@ middle, a protocol error) fails every caller waiting on it with redis' Connectio
 command is re-sent (it may or may not have run), the connection is discarded, and later commands get a new
 one (with the pool's backoff). No caller ever receives another caller's reply: keys hold their own names.
 """
+import functools
 import time
 
 import gevent
@@ -17,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from test_multiplex_cancel import SLOW_SCRIPT
 from test_sentinel import StaleSentinel
 
-from pool import PooledRedis, RedisPool
+from pool import PooledRedis
 from pool import stats as S
 from pool.sentinel import SentinelRedisPool
 from pool.testing import FaultProxy, frozen, kill_server, restart_server, wait_until
@@ -28,26 +29,9 @@ SLACK = 0.3
 
 
 @pytest.fixture
-def make_pool():
-    pools = []
-
-    def make(url, **options):
-        options.setdefault("name", f"f{len(pools)}")
-        options.setdefault("multiplex", 1)
-        options.setdefault("max_size", 4)
-        p = RedisPool.from_url(url, **options)
-        pools.append(p)
-        return p
-
-    yield make
-    for p in pools:
-        p.close(timeout=1.0)
-
-
-@pytest.fixture
-def proxy(redis_server):
-    with FaultProxy("127.0.0.1", redis_server.port) as fault_proxy:
-        yield fault_proxy
+def make_pool(new_pool):
+    """``make_pool(url, **options)``: a multiplexed RedisPool (multiplex=1 unless given), closed at teardown."""
+    return functools.partial(new_pool, prefix="f", multiplex=1, max_size=4)
 
 
 @pytest.fixture

@@ -46,19 +46,9 @@ def borrow_all_at_once(pool, count):
 
 
 @pytest.fixture
-def make_pool(redis_server):
+def make_pool(new_pool, redis_server):
     """``make_pool(url=None, **options)``: a ``RedisPool`` on the test server, named t0, t1...; closed at teardown."""
-    pools = []
-
-    def make(url=None, **options):
-        options.setdefault("name", f"t{len(pools)}")
-        pool = RedisPool.from_url(url or redis_server.url, **options)
-        pools.append(pool)
-        return pool
-
-    yield make
-    for pool in pools:
-        pool.close(timeout=1.0)
+    return lambda url=None, **options: new_pool(url or redis_server.url, **options)
 
 
 # -- public API ---------------------------------------------------------------------------------------------

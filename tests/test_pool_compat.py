@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError, ReadOnlyError
 from redis.retry import Retry
 
-from pool import PooledRedis, PoolTimeout, RedisPool
+from pool import PooledRedis, PoolTimeout
 from pool import stats as S
 from pool.testing import FaultProxy, server_clients, wait_until
 
@@ -22,18 +22,9 @@ SLACK = 0.2  # scheduling tolerance for timing windows on a loaded machine
 
 
 @pytest.fixture
-def make_pool(redis_url):
+def make_pool(new_pool, redis_url):
     """``make_pool(name, url=None, **options)``: a RedisPool, closed at teardown."""
-    pools = []
-
-    def make(name, url=None, **options):
-        p = RedisPool.from_url(url or redis_url, name=name, **options)
-        pools.append(p)
-        return p
-
-    yield make
-    for p in pools:
-        p.close(timeout=1.0)
+    return lambda name, url=None, **options: new_pool(url or redis_url, name=name, **options)
 
 
 def client_ids(admin, p):

@@ -25,18 +25,9 @@ SLACK = 0.15  # scheduling tolerance for the timing windows (loaded CI machines)
 
 # -- helpers ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def make_pool(redis_url):
+def make_pool(new_pool, redis_url):
     """``make_pool(name, **options)``: a RedisPool on the test's server, closed at teardown."""
-    pools = []
-
-    def make(name, url=None, **options):
-        p = RedisPool.from_url(url or redis_url, name=name, **options)
-        pools.append(p)
-        return p
-
-    yield make
-    for p in pools:
-        p.close(timeout=1.0)
+    return lambda name, url=None, **options: new_pool(url or redis_url, name=name, **options)
 
 
 def server_ids(admin, p):
