@@ -101,6 +101,23 @@ def proxy(redis_server):
 
 
 @pytest.fixture
+def make_app(redis_url):
+    """``make_app(**env)``: the service built in-process for the test's redis-server, settings from ``env``;
+    its pool is closed at teardown."""
+    from wsgi_app.service import create_app  # not at import: the service's modules stay out of pool-only tests
+
+    apps = []
+
+    def make(**env):
+        apps.append(create_app({"REDIS_URL": redis_url, **{k: str(v) for k, v in env.items()}}))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.pool.close(1.0)
+
+
+@pytest.fixture
 def gunicorn_factory(tmp_path):
     """``gunicorn_factory(env=..., args=..., workers=...)`` starts the service; all are stopped at teardown
     (a master that does not stop within 30 s of SIGTERM is killed and fails the test)."""

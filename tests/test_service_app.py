@@ -11,26 +11,11 @@ import pytest
 from pool.testing import dump_all, wsgi_call
 from pool.testing.wsgi import JSON
 from wsgi_app.errors import HTTPError
-from wsgi_app.service import create_app
 from wsgi_app.settings import SettingsError, load, redact_url
 from wsgi_app.validation import Limits, parse_key
 
 call = wsgi_call  # (status code, headers, decoded JSON or None)
 snapshot = dump_all  # everything in Redis, exactly (DUMP of every key)
-
-
-@pytest.fixture
-def make_app(redis_url):
-    apps = []
-
-    def make(**env):
-        app = create_app({"REDIS_URL": redis_url, **{k: str(v) for k, v in env.items()}})
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.pool.close(1.0)
 
 
 @pytest.fixture

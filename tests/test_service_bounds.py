@@ -9,22 +9,7 @@ import re
 import pytest
 
 from pool.testing import dump_all, wsgi_call
-from wsgi_app.service import create_app
 from wsgi_app.settings import SettingsError, load
-
-
-@pytest.fixture
-def make_app(redis_url):
-    apps = []
-
-    def make(**env):
-        app = create_app({"REDIS_URL": redis_url, **{k: str(v) for k, v in env.items()}})
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.pool.close(1.0)
 
 
 def fields(start, count, value="v"):
