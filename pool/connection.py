@@ -25,6 +25,7 @@ from redis.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import str_if_bytes
 
 __all__ = ["ReplyTracking", "tracked_class"]
 
@@ -74,6 +75,9 @@ class ReplyTracking(_ConnectionBase):
     default_name: str | None = None  # CLIENT SETNAME after the handshake; an ACL refusal leaves it unnamed
     name_refused = False  # the server refused that CLIENT SETNAME (NOPERM)
     pubsub_health_check_interval: float = 0  # redis-py's keepalive, switched on by the first SUBSCRIBE
+    # The SharedHandle this connection is the exclusive connection of (multiplexed pools), else None: its
+    # holder sees the handle as its connection, so the keepalive PING goes through the handle as well.
+    via: Any = None
 
     def _note(self, args: Sequence[Any]) -> None:
         effect = _EFFECTS[args[0]]
@@ -162,6 +166,15 @@ class ReplyTracking(_ConnectionBase):
             self.read_response()
         except NoPermissionError:
             self.name_refused = True
+
+    def _send_ping(self) -> None:
+        """redis-py's health-check PING, through the handle that holds this connection if one does (where a
+        caller's wrapper of ``send_command`` sees it, as on a connection of its own)."""
+        via = self.via
+        sender = via if via is not None and via.holds(self) else self  # a handle given back holds it no more
+        sender.send_command("PING", check_health=False)
+        if str_if_bytes(sender.read_response()) != "PONG":
+            raise RedisConnectionError("Bad response from PING health check")
 
     def disconnect(self, *args: Any, **kwargs: Any) -> None:
         self._poller = None

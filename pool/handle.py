@@ -145,7 +145,12 @@ class SharedHandle:
             while self._calls:
                 self._collect_next()
             conn = self._exclusive = self._pool._getconn_exclusive()
+            conn.via = self
         return conn
+
+    def holds(self, conn: Any) -> bool:
+        """Whether ``conn`` is this handle's exclusive connection now."""
+        return self._exclusive is conn
 
     def release(self) -> None:
         """Give back: replies not read are dropped when they arrive; the exclusive connection goes back."""
@@ -156,6 +161,7 @@ class SharedHandle:
         self._released = True
         conn, self._exclusive = self._exclusive, None
         if conn is not None:
+            conn.via = None
             self._pool.putconn(conn)
 
     def disconnect(self, *args: Any, **kwargs: Any) -> None:

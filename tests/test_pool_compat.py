@@ -6,6 +6,7 @@ lack ``client|setname``; callers who ask for retries (``retry=``, ``retry_on_err
 get them, and nobody else does; idle subscriptions keep redis-py's keepalive PING.
 """
 import time
+from unittest import mock
 
 import gevent
 import pytest
@@ -264,6 +265,24 @@ def test_an_idle_subscription_keeps_redis_py_keepalive(make_pool, admin, multipl
     assert command_calls(admin, "ping")[0] >= 2
     admin.publish("news", "hello")
     assert wait_until(lambda: ps.get_message(timeout=0.05))["data"] == b"hello"
+    ps.close()
+
+
+@pytest.mark.parametrize("multiplex", [0, 2])
+def test_the_keepalive_ping_goes_through_the_connection_its_holder_has(make_pool, admin, multiplex):
+    """The keepalive PING before a SUBSCRIBE is sent through the object the holder calls its connection (a
+    ``SharedHandle`` on a multiplexed pool), so a wrapper of its ``send_command`` sees it, as redis-py's own
+    health-check tests expect; the PING reached Redis."""
+    p = make_pool("ka", health_check_interval=30, max_size=4, multiplex=multiplex)
+    ps = redis.Redis(connection_pool=p).pubsub()
+    ps.connection = p.get_connection()
+    ps.connection.next_health_check = 0  # due now
+    admin.config_resetstat()
+    with mock.patch.object(ps.connection, "send_command", wraps=ps.connection.send_command) as sent:
+        ps.subscribe("news")
+        sent.assert_any_call("PING", check_health=False)
+    assert command_calls(admin, "ping")[0] == 1
+    assert wait_until(lambda: ps.get_message(timeout=0.05))["type"] == "subscribe"
     ps.close()
 
 
