@@ -90,6 +90,19 @@ class Slot(Generic[Resource]):
         self.leak_reported = False
 
 
+_live_pools: weakref.WeakSet[Pool[Any]] = weakref.WeakSet()
+
+
+def _forget_lent_in_child() -> None:
+    """Right after fork, in the child (see ``Pool._forget_lent``)."""
+    for pool in list(_live_pools):
+        with contextlib.suppress(Exception):
+            pool._forget_lent()
+
+
+os.register_at_fork(after_in_child=_forget_lent_in_child)
+
+
 class Pool(Generic[Resource]):
     """A bounded pool; lend with ``getconn()`` and give back with ``putconn()`` or ``discard()``.
 
@@ -121,6 +134,7 @@ class Pool(Generic[Resource]):
         self.name = name or f"pool-{id(self):x}"
         self._closed = False
         self._reset_state()
+        _live_pools.add(self)
 
     def _reset_state(self) -> None:
         self._generation = forks.generation
@@ -516,6 +530,19 @@ class Pool(Generic[Resource]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _forget_lent(self) -> None:
+        """At fork, in the child: forget the resources lent at that moment (for a socket, close this process's
+        copy, the parent's stays open). A greenlet copied into the child in the middle of a command then fails
+        here at once instead of waiting on, or reading, the reply that belongs to the parent. The rest is
+        dropped by ``_after_fork`` on first use."""
+        for resource in list(self._borrowed):
+            if self._lent_to_a_caller(resource):
+                with contextlib.suppress(Exception):
+                    self._forget_resource(resource)
+
+    def _lent_to_a_caller(self, resource: Resource) -> bool:
+        return True
 
     def _after_fork(self) -> None:
         """In a forked child: drop the parent's connections (without disturbing them) and start afresh."""

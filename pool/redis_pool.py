@@ -146,6 +146,10 @@ class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
     def _forget_resource(self, connection: ReplyTracking) -> None:
         connection.forget()
 
+    def _lent_to_a_caller(self, connection: ReplyTracking) -> bool:
+        mux = self._mux  # a shared connection's socket is left to its SharedConnection, which stops watching it
+        return mux is None or not mux.owns(connection)
+
     def _check(self, connection: ReplyTracking, idle_for: float) -> bool:
         poller = connection._poller  # a zero-timeout poll of the socket, inlined: this runs on every checkout
         if poller is None or poller.poll(0):  # EOF (server closed it) or bytes nobody asked for

@@ -533,6 +533,7 @@ class SharedConnection:
         self.alive = False
         _live.discard(self)
         self.mux._forget(self, gone=True)
+        self._fail_inherited_callers()
         if self._tls:
             for name in ("_read_event", "_write_event"):
                 watcher = getattr(self._gsock, name, None)
@@ -541,6 +542,22 @@ class SharedConnection:
         else:
             self._read_watcher.stop()
             self._write_watcher.stop()
+
+    def _fail_inherited_callers(self) -> None:
+        """The greenlets copied into this child that wait for a reply here would wait forever (the replies go
+        to the parent): each gets a ``ConnectionError`` once this child's hub runs. The command may have run."""
+        calls = [call for call in (*self._sent, *self._unsent) if call.state in (SENT, UNSENT)]
+        self._sent.clear()
+        self._unsent = []
+        loop = get_hub().loop
+        for call in calls:
+            call.state = DONE
+            error = RedisConnectionError("the shared connection was inherited across fork: its reply goes to the "
+                                         "parent process (the command may have run)")
+            if call.waiter.greenlet is None:  # not waiting yet: get() raises it
+                call.waiter.throw(error)
+            else:
+                loop.run_callback(call.waiter.throw, error)
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else "closed"

@@ -12,6 +12,7 @@ import time
 import gevent
 import pytest
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from test_pool_lifecycle import run_in_child
 
 from pool import PoolClosed, PooledRedis, PoolTimeout, RedisPool, TooManyRequests
@@ -359,13 +360,21 @@ def test_forked_child_never_reads_the_parents_shared_socket(make_pool, redis_url
     gevent.sleep(0.05)
 
     def child():
+        # the copy of the parent's waiting greenlet: its reply goes to the parent, so it fails at once here
+        try:
+            inherited = pending.get(timeout=0.2)
+        except RedisConnectionError:
+            inherited = "ConnectionError"
+        except gevent.Timeout:
+            inherited = "still waiting"
         gevent.sleep(0.5)  # the parent's reply arrives meanwhile: the child must not take it
         via_handle = redis.Redis(connection_pool=p).get("own:9").decode()  # the per-call handle path too
         return {"id": PooledRedis(connection_pool=p).client_id(), "value": r.get("own:8").decode(),
-                "handle": via_handle, "shared": p.get_stats()[S.MUX_CONNECTIONS_NUM]}
+                "handle": via_handle, "shared": p.get_stats()[S.MUX_CONNECTIONS_NUM], "inherited": inherited}
 
     report = run_in_child(child)
     assert pending.get(timeout=5) == b"parent-reply"
+    assert report["inherited"] == "ConnectionError"
     assert (report["value"], report["handle"], report["shared"]) == ("own:8", "own:9", 1)
     assert report["id"] != parent_id
     assert shared_id(p) == parent_id and stat(p, S.MUX_CONNECTIONS_NUM) == 1

@@ -14,9 +14,10 @@ import pytest
 import redis
 from gevent.event import Event
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from pool import PoolClosed, PoolTimeout, RedisPool, TooManyRequests
+from pool import PoolClosed, PooledRedis, PoolTimeout, RedisPool, TooManyRequests
 from pool import stats as S
 from pool.testing import server_clients, wait_until
 
@@ -351,6 +352,29 @@ def test_second_close_is_harmless(make_pool):
     p.close(timeout=0)
     assert time.monotonic() - started < 0.05
     assert p.get_stats() == before and before[S.POOL_SIZE] == 0
+
+
+def test_a_greenlet_copied_mid_command_fails_in_the_child_and_the_parent_gets_its_reply(make_pool, admin):
+    """A greenlet waiting for a reply at fork time exists in the child too. There it fails at once with a
+    ConnectionError (the child's copy of the socket is closed at fork): it never waits on, or reads, the reply
+    that belongs to the parent, which gets it as if nothing had happened."""
+    p = make_pool("fork-mid", max_size=2)
+    r = PooledRedis(connection_pool=p)
+    pending = gevent.spawn(r.blpop, "q", 5)
+    wait_until(lambda: admin.info("clients")["blocked_clients"] == 1, what="BLPOP to block")
+
+    def child():
+        try:
+            return repr(pending.get(timeout=1.0))
+        except RedisConnectionError:
+            return "ConnectionError"
+        except gevent.Timeout:
+            return "still waiting"
+
+    report = run_in_child(child)
+    admin.rpush("q", "parent-reply")
+    assert pending.get(timeout=5) == (b"q", b"parent-reply")
+    assert report == "ConnectionError"
 
 
 def test_close_in_forked_child_leaves_parent_connections_alone(make_pool, admin):
