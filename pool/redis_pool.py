@@ -107,6 +107,9 @@ class RedisPool(MultiplexedPool, Pool[ReplyTracking], ConnectionPoolInterface):
         connection_kwargs["health_check_interval"] = 0
         if connection_kwargs.pop("cache", None) is not None or connection_kwargs.pop("cache_config", None) is not None:
             raise ValueError("client-side caching (cache, cache_config) is not supported by RedisPool")
+        # redis-py 8.2+ hands pools (RedisCluster's node pools too) the resolver that decides which commands its
+        # client-side cache may serve; a pool setting, never a connection argument. Kept for its readers.
+        self.metadata_resolver = connection_kwargs.pop("metadata_resolver", None)
         self.connection_class = tracked_class(connection_class)
         self.connection_kwargs = connection_kwargs
         self.himport_registry = connection_kwargs.get("himport_registry")

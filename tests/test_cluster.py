@@ -3,11 +3,14 @@ import time
 
 import gevent
 import pytest
+import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from pool import PoolClosed, PoolTimeout, RedisPool
 from pool.cluster import ClusterPool, cluster_client
 from pool.urls import parse_redis_url
+
+REDIS_PY = tuple(int(part) for part in redis.__version__.split(".")[:2])
 
 
 @pytest.fixture
@@ -98,14 +101,19 @@ def test_slot_migration_under_load_loses_nothing(cluster, client):
     assert cluster.admin(source).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
 
 
-def test_startup_nodes_alone_do_not_use_connection_pool_class(cluster):
-    """A redis-py 8.1 fact that cluster_client() works around: connection_pool_class is used only with url=."""
+def test_startup_nodes_alone_use_connection_pool_class_only_from_redis_py_8_2(cluster):
+    """A redis-py 8.1 fact that cluster_client() works around: connection_pool_class is used only with url=
+    (8.2 uses it with startup_nodes alone too); the url= form works with both."""
     nodes = [ClusterNode(host, port) for host, port in cluster.addresses]
     rc = RedisCluster(startup_nodes=nodes, connection_pool_class=RedisPool, max_connections=2)
     try:
-        assert not any(isinstance(p, RedisPool) for p in node_pools(rc).values())
+        ours = [isinstance(p, RedisPool) for p in node_pools(rc).values()]
+        assert ours and all(ours) if REDIS_PY >= (8, 2) else not any(ours)
     finally:
         rc.close()
+        for p in node_pools(rc).values():
+            if isinstance(p, RedisPool):
+                p.close()
     host, port = cluster.addresses[0]
     rc = RedisCluster(url=f"redis://{host}:{port}", startup_nodes=nodes[1:], connection_pool_class=RedisPool,
                       max_connections=2)
