@@ -101,3 +101,12 @@ def test_stock_app_write_routes_answer_as_the_service(stock_app, redis_url, admi
         service.pool.close(1.0)
     assert answers["stock"] == answers["service"]
     assert [a[0] for a in answers["service"][:-1]] == [201, 200, 200, 201, 200, 204, 404, 404, 400, 200]
+
+
+@pytest.mark.parametrize(("line", "expected"), [('http_parser = "python"\n', "python"), ("keepalive = 2\n", None)])
+def test_baselines_take_the_service_confs_http_parser(tmp_path, line, expected):
+    from bench.apps.http_parser import service_setting
+
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(line)
+    assert service_setting("http_parser", str(conf)) == expected
