@@ -454,6 +454,13 @@ def _bars(ax, sel, label, x=lambda r: r["conns"], x_label=lambda c: f"{c} conns"
 
 
 # -- environment ------------------------------------------------------------------------------------------
+def http_parsers(redis_url):
+    """The HTTP parser of the service's and of the baselines' gunicorn config, each read from its own file."""
+    env = minimal_env({"REDIS_URL": redis_url})
+    return {"svc, svc50, svc2w": parser_in_use(service_setting("http_parser", SERVICE_CONF, env)),
+            "stock, hello": parser_in_use(service_setting("http_parser", BASELINE_CONF, env))}
+
+
 def environment(redis_version, redis_url):
     import gevent
     import gunicorn
@@ -475,7 +482,7 @@ def environment(redis_version, redis_url):
         "wrk": wrk_version[0] if wrk_version else None, "cpu_count": os.cpu_count(), "cpu_model": model,
         "affinity": len(os.sched_getaffinity(0)), "platform": platform.platform(),
         "loadavg_at_start": os.getloadavg(),
-        "http_parser": parser_in_use(service_setting("http_parser", env=minimal_env({"REDIS_URL": redis_url}))),
+        "http_parser": http_parsers(redis_url),
     }
 
 
@@ -566,7 +573,9 @@ def main(argv=None):
         print(f"greenpool HTTP benchmark: python {env['python']}, gevent {env['gevent']}, gunicorn {env['gunicorn']}, "
               f"redis-py {env['redis-py']}, hiredis {env['hiredis']}, redis-server {env['redis-server']}, "
               f"{env['wrk']}; {env['cpu_count']} CPUs ({env['cpu_model']})")
-        print(f"HTTP parser: {env['http_parser']} (every target: the baselines take the service's http_parser)")
+        parsers = env["http_parser"]
+        print("HTTP parser: " + "; ".join(f"{targets}: {p}" for targets, p in parsers.items())
+              + ("" if len(set(parsers.values())) == 1 else "  WARNING: not the same parser, the ratios are off"))
         print(f"load average at start {env['loadavg_at_start'][0]:.2f}/{env['loadavg_at_start'][1]:.2f}/"
               f"{env['loadavg_at_start'][2]:.2f}; targets: "
               + ", ".join(f"{n} :{s.port}" for n, s in servers.items()) + f"; redis :{redis_port}", flush=True)

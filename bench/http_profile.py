@@ -67,10 +67,11 @@ def parse_collapsed(lines):
 def summarize(lines, top=20):
     """Samples, shares per category, own and inclusive samples per frame, and the printable lines."""
     shares = dict.fromkeys(CATEGORIES, 0)
-    own, total, samples = {}, {}, 0
+    own, total, samples, on_hub = {}, {}, 0, 0
     for frames, n in parse_collapsed(lines):
         samples += n
         shares[category(frames)] += n
+        on_hub += n if any(f.startswith("gevent/hub.py:") for f in frames) else 0
         if frames:
             own[frames[-1]] = own.get(frames[-1], 0) + n
         for fr in set(frames):
@@ -82,11 +83,14 @@ def summarize(lines, top=20):
     out = [f"py-spy: {samples} samples of the worker",
            "  shares (innermost gunicorn / app / redis frame decides; else hub if gevent, else other): "
            + ", ".join(f"{c} {pct(shares[c]):.1f}%" for c in CATEGORIES),
+           f"  on the hub greenlet, whatever it runs (a frame in gevent/hub.py; its callbacks count above by what "
+           f"they call): {pct(on_hub):.1f}%",
            "  own (self) samples:"]
     out += [f"    {pct(n):5.1f}%  {fr}" for fr, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
     out.append("  total (inclusive) samples:")
     out += [f"    {pct(n):5.1f}%  {fr}" for fr, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]]
     return {"samples": samples, "shares": {c: pct(n) for c, n in shares.items()}, "share_samples": shares,
+            "on_hub": pct(on_hub),
             "own": own, "total": total, "lines": out}
 
 

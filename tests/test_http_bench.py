@@ -57,6 +57,7 @@ def test_profile_shares_by_the_innermost_named_frame():
     assert summary["shares"] == {"gunicorn": 40.0, "app": 20.0, "redis": 25.0, "hub": 10.0, "other": 5.0}
     assert summary["own"]["gevent/_socketcommon.py:recv"] == 40
     assert summary["total"]["gunicorn/workers/ggevent.py:handle"] == 60
+    assert summary["on_hub"] == 10.0
     assert "gunicorn 40.0%, app 20.0%, redis 25.0%, hub 10.0%, other 5.0%" in summary["lines"][1]
 
 

@@ -61,7 +61,7 @@ def _respond(start_response, status, payload):
 def _read_object(environ):
     """The request's JSON object, checked as the service checks it (content type, MAX_BODY_BYTES, validation)."""
     content_type = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-    if content_type != "application/json":
+    if content_type != "application/json" and not content_type.endswith("+json"):
         raise HTTPError(415, "unsupported_media_type", "send the body with 'Content-Type: application/json'")
     size = int(environ.get("CONTENT_LENGTH") or 0)
     if size > SETTINGS.max_body_bytes:
