@@ -270,6 +270,44 @@ def ordered(jobs, rep):
     return out
 
 
+def run_all(args, jobs, servers, redis_server):
+    """Every job once per rep, in ``ordered`` order, each rerun when the machine was busy (within the budget);
+    returns the kept runs and the discarded busy ones, printing a line per run."""
+    order = list(servers.values())
+    runs, discarded = [], []
+    total = len(jobs) * args.reps
+    print(f"{total} runs of {args.duration}s ({len(jobs)} jobs x {args.reps} reps), wrk -t{args.threads}", flush=True)
+    n, retry_spent = 0, 0.0
+    for rep in range(args.reps):
+        for section, target, route, conns in ordered(jobs, rep):
+            n += 1
+            server = servers[target]
+            http_routes.prepare(route, redis_server.port, args)
+            record = measure(args, server, redis_server, order, conns, route, args.duration)
+            tries = 0
+            while (record["foreign_cores"] > args.busy_threshold and tries < args.retry_busy
+                   and retry_spent < args.retry_budget):
+                tries += 1
+                retry_spent += args.duration + 1.5
+                time.sleep(1.0)
+                http_routes.prepare(route, redis_server.port, args)
+                again = measure(args, server, redis_server, order, conns, route, args.duration)
+                quieter = again["foreign_cores"] < record["foreign_cores"]
+                keep, drop = (again, record) if quieter else (record, again)
+                discarded.append(dict(drop, section=section, rep=rep))
+                record = keep
+            record.update(section=section, rep=rep, retries=tries)
+            runs.append(record)
+            extra = f" wrong={record['wrong']}" if route == "checked" else ""
+            print(f"  [{n:>3}/{total}] rep {rep} {section:<7} {target:<20} {route:<7} c={conns:<4} "
+                  f"{record['rps_ok']:>7.0f} ok/s  err={record['errors']:<5} >1s={record['slower_than_1s']:<3} "
+                  f"cpu={_f(record['cpu_us_per_req'], '.0f', 4)}us/req  "
+                  f"others={record['foreign_cores']:.2f} cores  "
+                  f"load={record['loadavg_before'][0]:.2f}{extra}"
+                  + (f"  (rerun {tries}x: busy)" if tries else ""), flush=True)
+    return runs, discarded
+
+
 # -- summary ----------------------------------------------------------------------------------------------
 def _median(values):
     values = [v for v in values if v is not None]
@@ -587,49 +625,21 @@ def main(argv=None):
                 run_wrk(args, s.url, max(args.conns), "hgetall", args.warmup)
                 if s.kind in ("svc", "stock") and "checked" in args.sections:
                     run_wrk(args, s.url, max(args.conns), "checked", args.warmup)
-        runs, discarded = [], []
-        total = len(jobs) * args.reps
-        print(f"{total} runs of {args.duration}s ({len(jobs)} jobs x {args.reps} reps), wrk -t{args.threads}",
-              flush=True)
-        n, retry_spent = 0, 0.0
-        for rep in range(args.reps):
-            for section, target, route, conns in ordered(jobs, rep):
-                n += 1
-                server = servers[target]
-                http_routes.prepare(route, redis_port, args)
-                record = measure(args, server, redis_server, order, conns, route, args.duration)
-                tries = 0
-                while (record["foreign_cores"] > args.busy_threshold and tries < args.retry_busy
-                       and retry_spent < args.retry_budget):
-                    tries += 1
-                    retry_spent += args.duration + 1.5
-                    time.sleep(1.0)
-                    http_routes.prepare(route, redis_port, args)
-                    again = measure(args, server, redis_server, order, conns, route, args.duration)
-                    quieter = again["foreign_cores"] < record["foreign_cores"]
-                    keep, drop = (again, record) if quieter else (record, again)
-                    discarded.append(dict(drop, section=section, rep=rep))
-                    record = keep
-                record.update(section=section, rep=rep, retries=tries)
-                runs.append(record)
-                extra = f" wrong={record['wrong']}" if route == "checked" else ""
-                print(f"  [{n:>3}/{total}] rep {rep} {section:<7} {target:<20} {route:<7} c={conns:<4} "
-                      f"{record['rps_ok']:>7.0f} ok/s  err={record['errors']:<5} >1s={record['slower_than_1s']:<3} "
-                      f"cpu={_f(record['cpu_us_per_req'], '.0f', 4)}us/req  "
-                      f"others={record['foreign_cores']:.2f} cores  "
-                      f"load={record['loadavg_before'][0]:.2f}{extra}"
-                      + (f"  (rerun {tries}x: busy)" if tries else ""), flush=True)
+        runs, discarded = run_all(args, jobs, servers, redis_server)
         env["loadavg_at_end"] = os.getloadavg()
         rows = summarize(runs)
         elapsed = time.monotonic() - started
 
         lines = ["", f"results: {args.reps} reps x {args.duration}s per target and concurrency, wrk -t{args.threads} "
                  f"--timeout {args.timeout}s, 1 gunicorn worker unless named svc2w",
-                 "ok req/s = median over reps of (requests - non-2xx) / duration; spread = (max-min)/median; "
-                 "p50/p99 = median over reps; max = worst rep; errors = socket errors + non-2xx, summed over reps;",
+                 "ok req/s = median over reps of (requests - failed) / duration, failed = status >= 400 (routes: "
+                 "a status outside the route's success statuses); spread = (max-min)/median;",
+                 "p50/p99 = median over reps; max = worst rep; errors = socket errors + failed, summed over reps; "
                  ">1s = replies slower than 1 s, summed; cpu us/req = gunicorn workers' utime+stime per successful "
-                 "request; redis us = redis-server's; x stock / x hello = ratio of medians to the stock-pool app "
-                 "(same class) and hello app (same class); other = most CPU (cores) other processes used in a rep",
+                 "request;",
+                 "redis us = redis-server's; x stock / x hello = ratio of medians to the stock-pool app (same class, "
+                 "section and route) and to hello's GET / (same class); other = most CPU (cores) other processes "
+                 "used in a rep",
                  ""]
         lines += table_lines(rows)
         targets = http_targets.evaluate(rows, args.classes)

@@ -36,9 +36,11 @@ def cpu_added_ratio(svc, stock, hello):
     return (svc - hello) / (stock - hello)
 
 
-def _result(name, subject, conns, value, goal, met, text):
+def _result(name, subject, conns, value, goal, met, text, miss=None):
+    """``miss``: by how much a ratio target is not met (None: met, or not a ratio)."""
+    verdict = _verdict(met) + (f" by {miss:.2f}" if miss is not None and not met else "")
     return {"name": name, "subject": subject, "conns": conns, "value": value, "goal": goal, "met": met,
-            "text": f"{subject:<12} {conns:>4} conns: {text} ({goal}: {_verdict(met)})"}
+            "miss": None if met else miss, "text": f"{subject:<12} {conns:>4} conns: {text} ({goal}: {verdict})"}
 
 
 def _ratio_targets(subject, conns, svc, stock, hello):
@@ -48,14 +50,16 @@ def _ratio_targets(subject, conns, svc, stock, hello):
         met = value is not None and value >= goal_value
         base_rps = _fmt(base["rps_median"] if base else None, ".0f")
         out.append(_result(name, subject, conns, value, f"target >= {goal_value}", met,
-                           f"{name} {_fmt(value)} ({svc['rps_median']:.0f} / {base_rps} req/s)"))
+                           f"{name} {_fmt(value)} ({svc['rps_median']:.0f} / {base_rps} req/s)",
+                           None if value is None else goal_value - value))
     cpus = [r["cpu_us_per_req"] if r else None for r in (svc, stock, hello)]
     value = cpu_added_ratio(*cpus)
     met = value is not None and value <= CPU_ADDED_RATIO
     svc_cpu, stock_cpu, hello_cpu = (_fmt(c, ".0f") for c in cpus)
     out.append(_result("cpu added", subject, conns, value, f"target <= {CPU_ADDED_RATIO}", met,
                        f"worker CPU added over hello {_fmt(value)} of the stock app's (svc {svc_cpu}, "
-                       f"stock {stock_cpu}, hello {hello_cpu} us/req)"))
+                       f"stock {stock_cpu}, hello {hello_cpu} us/req)",
+                       None if value is None else value - CPU_ADDED_RATIO))
     return out
 
 

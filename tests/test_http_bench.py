@@ -24,7 +24,8 @@ def test_targets_met_and_not_met_with_their_figures():
     assert _by(results, "x hello", 50)["met"] and _by(results, "x hello", 50)["value"] == pytest.approx(0.81)
     assert _by(results, "x stock", 50)["met"] and _by(results, "x stock", 50)["value"] == pytest.approx(1.62)
     assert _by(results, "cpu added", 50)["value"] == pytest.approx(30 / 120) and _by(results, "cpu added", 50)["met"]
-    assert not _by(results, "x hello", 200)["met"]  # 0.79
+    assert not _by(results, "x hello", 200)["met"] and _by(results, "x hello", 200)["miss"] == pytest.approx(0.01)
+    assert "(target >= 0.8: NOT MET by 0.01)" in _by(results, "x hello", 200)["text"]
     assert _by(results, "cpu added", 200)["value"] == pytest.approx(0.4) and not _by(results, "cpu added", 200)["met"]
     high = _by(results, "c=1000", 1000)
     assert not high["met"] and "> 1 s 1" in high["text"] and "NOT MET" in high["text"]
