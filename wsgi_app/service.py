@@ -10,10 +10,10 @@ import os
 import threading
 from time import perf_counter
 
-from gevent import Timeout
 from redis.exceptions import RedisError
 
 from . import refusals, store
+from .deadlines import DeadlineExceeded, Deadlines
 from .errors import HashTooLarge, HTTPError, WrongType
 from .metrics import UNMATCHED, ServiceMetrics
 from .readiness import Readiness
@@ -66,6 +66,7 @@ class Service:
         self.prefix = settings.key_prefix
         self.default_key = settings.default_key
         self.request_timeout = settings.request_timeout or None  # REQUEST_TIMEOUT=0: no deadline
+        self.deadlines = Deadlines(self.request_timeout) if self.request_timeout else None
         self.max_body = settings.max_body_bytes
         self.unavailable_headers = [("Retry-After", str(settings.retry_after))]
         self.token = f"Bearer {settings.api_token}".encode() if settings.api_token else None
@@ -99,13 +100,14 @@ class Service:
 
     def __call__(self, environ, start_response):
         started = perf_counter()
-        status, headers, body, route = self.respond(environ)
+        status, headers, body, route = self.respond(environ, started)
         start_response(STATUS_LINES[status], headers)
         self.metrics.observe(environ["REQUEST_METHOD"], route, status, perf_counter() - started)
         return [body]
 
-    def respond(self, environ):
-        """Route the request and run its handler under the REQUEST_TIMEOUT deadline; every failure becomes JSON.
+    def respond(self, environ, started=None):
+        """Route the request and run its handler under the REQUEST_TIMEOUT deadline (counted from ``started``,
+        a ``perf_counter()`` reading); every failure becomes JSON.
 
         Returns ``(status, headers, body, route label)``.
         """
@@ -122,22 +124,30 @@ class Service:
         handler = methods.get(environ["REQUEST_METHOD"])
         if handler is None:
             return (*error_response(405, "method_not_allowed", f"allowed: {allow[0][1]}", allow), label)
-        return (*self.run(handler, environ, name, path), label)
+        return (*self.run(handler, environ, name, path, started), label)
 
-    def run(self, handler, environ, name, path):
+    def run(self, handler, environ, name, path, started=None):
         """``handler(environ, name)`` under the REQUEST_TIMEOUT deadline; every failure becomes JSON.
 
-        A new ``gevent.Timeout`` per request (~2 us). Re-arming one Timeout per greenlet with start()/cancel() is
+        The deadline is an entry in this worker's ``Deadlines`` (a dict insert and delete; one hub timer per
+        worker interrupts overdue requests, at most ``Deadlines.tick`` late), not a ``gevent.Timeout`` per
+        request (a timer start and stop, ~2-3 us). Re-arming one Timeout per greenlet with start()/cancel() is
         not correct under gevent's libev loop: a stopped timer keeps its *remaining* time, so the deadline of a
         keep-alive connection shrinks by every earlier request's duration until it fires on a fast request.
+        The deadline covers the handler only: the error answers below run without it.
         """
-        timer = Timeout.start_new(self.request_timeout)
+        deadlines = self.deadlines
+        entry = deadlines.enter(started) if deadlines is not None else None
         try:
-            return handler(environ, name)
+            try:
+                return handler(environ, name)
+            finally:
+                if entry is not None:
+                    deadlines.leave(entry)
         except HTTPError as exc:
             return error_response(exc.status, exc.error, exc.detail, exc.headers)
-        except Timeout as exc:
-            if exc is not timer:
+        except DeadlineExceeded as exc:
+            if exc.entry is not entry:
                 raise
             # a cancelled request never leaves a reply for another: an exclusive connection it held was discarded;
             # on a shared connection its command keeps its place and its reply is read and dropped when it comes
@@ -155,8 +165,6 @@ class Service:
         except Exception:
             log.exception("unhandled error on %s %s", environ["REQUEST_METHOD"], path[:200])
             return error_response(500, "internal_error", "see the server log")
-        finally:
-            timer.close()
 
     def refused(self, refusal, what, cause):
         """The answer for a ``refusals.Refusal``; the cause goes to the log (redacted, rate-limited)."""
@@ -236,10 +244,10 @@ class Service:
         return 200, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
 
     def read_hash(self, key):
-        """HGETALL ``key`` through the pool's shared client (``Backend.shared_client``: a shared connection with
+        """HGETALL ``key`` through the pool's ``reader()`` (``WorkerPool.reader``: on a shared connection with
         POOL_MULTIPLEX, else one borrowed for the command; for a cluster, the node serving the key); checkouts
         and waits for room on a shared connection wait up to the pool's timeout, POOL_TIMEOUT."""
-        return store.get_hash(self.pool.shared_client(), key, self.max_hash_fields, self.max_hash_bytes)
+        return store.get_hash(self.pool.reader(), key, self.max_hash_fields, self.max_hash_bytes)
 
     def get_default(self, environ, name):
         return json_response(200, self.read_hash(self.default_key) or {})
