@@ -71,6 +71,8 @@ def test_counters_gauges_and_labels_under_load(gunicorn_factory, redis_url, admi
     clients = 12
     load = Load(service.port, Dataset.of(expected), clients=clients, max_requests=3000, max_seconds=30).start()
     load.wait_ok(300)
+    # each worker writes its pool gauges at its first reading, up to METRICS_INTERVAL after it booted
+    wait_until(lambda: pool_gauges(scrape(service)[0])["max"] == 6, 5, interval=0.05, what="both workers' gauges")
     for _ in range(3):  # scrapes land on either worker: each one sees both
         before = load.ok + len(load.failed)
         samples, _ = scrape(service)
