@@ -13,14 +13,7 @@
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
 
-local threads = {}
-local next_id = 0
-
-function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-  table.insert(threads, thread)
-end
+local threads = bench_numbered_threads()
 
 local hashes, nthreads, per_thread
 local in_flight = {}

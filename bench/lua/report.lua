@@ -4,7 +4,7 @@
 -- "status": replies with a status >= 400), latency percentiles in microseconds, and the exact number of
 -- replies slower than 1 s, counted from wrk's latency histogram (latency(i) gives the value and count of
 -- its i-th non-empty bucket). Replies slower than wrk's --timeout are counted as timeout errors instead.
--- checked.lua reuses bench_report() and adds its own counters.
+-- checked.lua and routes.lua reuse bench_report() and bench_numbered_threads() and add their own counters.
 
 local SLOW_US = 1000000
 
@@ -32,6 +32,18 @@ function bench_report(summary, latency, extra)
     parts[#parts + 1] = string.format('"%s":%d', k, v)
   end
   io.write("BENCH_JSON {" .. table.concat(parts, ",") .. "}\n")
+end
+
+-- For the scripts with per-request Lua: each thread gets a global "tid" (0, 1, ...); the list of threads is
+-- returned for done() to sum their counters over.
+function bench_numbered_threads()
+  local threads, next_id = {}, 0
+  setup = function(thread)
+    thread:set("tid", next_id)
+    next_id = next_id + 1
+    table.insert(threads, thread)
+  end
+  return threads
 end
 
 done = function(summary, latency, requests)

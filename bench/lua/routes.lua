@@ -15,14 +15,7 @@
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
 
-local threads = {}
-local next_id = 0
-
-function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-  table.insert(threads, thread)
-end
+local threads = bench_numbered_threads()
 
 local method, keys, nthreads
 local ok_status = {}
