@@ -244,10 +244,10 @@ class Service:
         return 200, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
 
     def read_hash(self, key):
-        """HGETALL ``key`` through the pool's ``reader()`` (``WorkerPool.reader``: on a shared connection with
+        """HGETALL ``key`` through the pool's shared client (``Backend.shared_client``: a shared connection with
         POOL_MULTIPLEX, else one borrowed for the command; for a cluster, the node serving the key); checkouts
         and waits for room on a shared connection wait up to the pool's timeout, POOL_TIMEOUT."""
-        return store.get_hash(self.pool.reader(), key, self.max_hash_fields, self.max_hash_bytes)
+        return store.get_hash(self.pool.shared_client(), key, self.max_hash_fields, self.max_hash_bytes)
 
     def get_default(self, environ, name):
         return json_response(200, self.read_hash(self.default_key) or {})

@@ -11,7 +11,6 @@ a connection of its own, as before.
 import os
 
 from pool import forks
-from pool.redis_pool import RedisPool
 from pool.urls import parse_redis_url
 
 __all__ = ["WorkerPool"]
@@ -23,7 +22,6 @@ class WorkerPool:
     def __init__(self, settings):
         self._settings = settings
         self._pool = None
-        self._reader = None
         self._generation = forks.generation
 
     def get(self):
@@ -46,18 +44,6 @@ class WorkerPool:
         """This process's pool's ``shared_client()``: the one client every request's commands go through."""
         return self.get().shared_client()
 
-    def reader(self):
-        """What the read routes send their one command through (``execute_command(*args)``): for a single server
-        or Sentinel's master that retries nothing, ``RedisPool.execute`` (the command goes to a shared connection
-        at once, without redis-py's client layers, and returns the raw reply: a flat list with RESP2, a dict with
-        RESP3); otherwise (a cluster, retries asked for) the ``shared_client()``."""
-        pool = self.get()
-        reader = self._reader
-        if reader is None or reader.pool is not pool:
-            direct = isinstance(pool, RedisPool) and not pool.retry.get_retries()
-            reader = self._reader = _Direct(pool) if direct else _Shared(pool)
-        return reader
-
     def peek(self):
         """This process's pool if it exists, else ``None``."""
         return self._pool if self._generation == forks.generation else None
@@ -70,24 +56,3 @@ class WorkerPool:
         pool.close(timeout=timeout)
         return True
 
-
-class _Direct:
-    """``execute_command`` = the pool's ``execute``."""
-
-    __slots__ = ("pool", "execute_command")
-
-    def __init__(self, pool):
-        self.pool = pool
-        self.execute_command = pool.execute
-
-
-class _Shared:
-    """``execute_command`` of the pool's ``shared_client()`` (made on first use: a cluster's needs its slot map)."""
-
-    __slots__ = ("pool",)
-
-    def __init__(self, pool):
-        self.pool = pool
-
-    def execute_command(self, *args):
-        return self.pool.shared_client().execute_command(*args)
