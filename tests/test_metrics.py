@@ -4,6 +4,8 @@ redis-server; the pool's stats turned into metrics by sampling; the logs of the 
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import gevent
@@ -16,6 +18,8 @@ from pool import stats as S
 from pool.testing import Dataset, Load, wait_until
 from wsgi_app.metrics import HTTP_BUCKETS, WAIT_BUCKETS, ServiceMetrics, histogram_values, observe_waits
 from wsgi_app.service import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ROUTES = {"/", "/healthz", "/readyz", "/stats", "/metrics", "/hashes/{name}", "unmatched"}
 SECRET = "s3cretkey"  # part of every hash name the tests use: it must never reach a label
@@ -333,3 +337,33 @@ def test_multiproc_dir_set_after_prometheus_client_import_is_refused(tmp_path):
     metrics = ServiceMetrics(str(tmp_path), lambda: None)
     with pytest.raises(RuntimeError, match="set after prometheus_client was imported"):
         metrics.sample()
+
+
+def test_counting_writes_the_multiprocess_file_as_inc_does(tmp_path):
+    """``wsgi_app.metrics.counting`` writes a counter child's value straight to this process's file through the
+    private ``_value``, ``_file`` and ``_key`` of prometheus_client's multiprocess value class: in a process with
+    PROMETHEUS_MULTIPROC_DIR (set before the import, as gunicorn.conf.py does), the files then read back what
+    ``inc()`` would have written. If an upgrade moves those attributes, this fails by name."""
+    script = """
+import sys
+from prometheus_client import CollectorRegistry, Counter, multiprocess
+from wsgi_app.metrics import counting
+child = Counter("counted", "counted", ("route",)).labels("/")
+assert getattr(child._value, "_multiprocess", False), "not the multiprocess value class"
+for name in ("_value", "_file", "_key", "_timestamp"):
+    assert hasattr(child._value, name), f"prometheus_client moved {name}: update wsgi_app.metrics.counting"
+add_one = counting(child)
+assert add_one != child.inc
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry, path=sys.argv[1])
+for _ in range(3):
+    add_one()
+print(registry.get_sample_value("counted_total", {"route": "/"}))
+child.inc(2)
+print(registry.get_sample_value("counted_total", {"route": "/"}))
+"""
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3.0", "5.0"], "written at once, and inc() goes on from it"

@@ -4,7 +4,6 @@ The request path is CPU-bound under gevent, so it stays plain: a dict of routes,
 once, one ``json.dumps`` per response.
 """
 import hmac
-import json
 import logging
 import os
 import threading
@@ -15,6 +14,7 @@ from redis.exceptions import RedisError
 from . import refusals, store
 from .deadlines import DeadlineExceeded, Deadlines
 from .errors import HashTooLarge, HTTPError, WrongType
+from .hash_json import dumps, hash_body
 from .metrics import UNMATCHED, ServiceMetrics
 from .readiness import Readiness
 from .settings import load
@@ -33,17 +33,20 @@ _REASONS = {
 STATUS_LINES = {code: f"{code} {reason}" for code, reason in _REASONS.items()}
 HASHES = "/hashes/"
 HASH_ROUTE = "/hashes/{name}"  # the route's label in metrics: never the key itself
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
 _JSON_TYPE = ("Content-Type", "application/json")
 
 
 def json_response(status, payload, headers=()):
     """``(status, headers, body)`` with ``payload`` encoded once."""
-    body = _dumps(payload).encode("utf-8")
+    body = dumps(payload).encode("utf-8")
     if headers:
         return status, [_JSON_TYPE, ("Content-Length", str(len(body))), *headers], body
+    return status, [_JSON_TYPE, ("Content-Length", str(len(body)))], body
+
+
+def hash_response(status, raw):
+    """``(status, headers, body)`` for a hash as Redis returned it (``hash_json.hash_body``)."""
+    body = hash_body(raw)
     return status, [_JSON_TYPE, ("Content-Length", str(len(body)))], body
 
 
@@ -246,18 +249,19 @@ class Service:
     def read_hash(self, key):
         """HGETALL ``key`` through the pool's shared client (``Backend.shared_client``: a shared connection with
         POOL_MULTIPLEX, else one borrowed for the command; for a cluster, the node serving the key); checkouts
-        and waits for room on a shared connection wait up to the pool's timeout, POOL_TIMEOUT."""
-        return store.get_hash(self.pool.shared_client(), key, self.max_hash_fields, self.max_hash_bytes)
+        and waits for room on a shared connection wait up to the pool's timeout, POOL_TIMEOUT. The reply as
+        Redis gave it (``store.read_hash``), or ``None``."""
+        return store.read_hash(self.pool.shared_client(), key, self.max_hash_fields, self.max_hash_bytes)
 
     def get_default(self, environ, name):
-        return json_response(200, self.read_hash(self.default_key) or {})
+        return hash_response(200, self.read_hash(self.default_key))
 
     def get_hash(self, environ, name):
         key = self.key(name)
         found = self.read_hash(key)
         if found is None:
             raise HTTPError(404, "not_found", f"no hash named {name!r}")
-        return json_response(200, found)
+        return hash_response(200, found)
 
     def put_hash(self, environ, name):
         self.check_token(environ)
@@ -272,7 +276,7 @@ class Service:
         mapping = self.read_json_object(environ)
         created, merged = store.merge_hash(self.pool.shared_client(), key, flatten_hash(mapping),
                                            self.max_hash_fields, self.max_hash_bytes)
-        return json_response(201 if created else 200, merged)
+        return hash_response(201 if created else 200, merged)
 
     def delete_hash(self, environ, name):
         self.check_token(environ)

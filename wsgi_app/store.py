@@ -23,8 +23,9 @@ import hashlib
 from redis.exceptions import NoScriptError, ResponseError
 
 from .errors import HashTooLarge, WrongType
+from .hash_json import decode_hash
 
-__all__ = ["Script", "delete_hash", "get_hash", "merge_hash", "replace_hash"]
+__all__ = ["Script", "delete_hash", "get_hash", "merge_hash", "read_hash", "replace_hash"]
 
 # Arguments for redis.acl_check_cmd: the command with the script's key and placeholders of the right arity.
 _SAMPLE_ARGS = {"TYPE": "", "HKEYS": "", "HGETALL": "", "HSET": ", 'f', 'v'", "HDEL": ", 'f'", "DEL": ""}
@@ -151,23 +152,6 @@ def _raise_refusal(exc):
         raise HashTooLarge(int(fields), int(size)) from None
 
 
-def _text(value):
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _pairs(raw):
-    """The (field, value) pairs of a hash reply: a dict (RESP3, redis-py's HGETALL callback) or a flat list."""
-    return raw.items() if isinstance(raw, dict) else zip(*[iter(raw)] * 2, strict=False)
-
-
-def _decode_hash(raw):
-    """A hash reply as a dict of str (its items bytes, or str when the connection decodes)."""
-    try:  # the common case: bytes holding valid UTF-8
-        return {field.decode(): value.decode() for field, value in _pairs(raw)}
-    except (AttributeError, UnicodeDecodeError):  # str replies, or invalid UTF-8: each decoded with "replace"
-        return {_text(field): _text(value) for field, value in _pairs(raw)}
-
-
 def _check_size(raw, max_fields, max_bytes):
     """``HashTooLarge`` for a hash over the bounds (written by something else than this service)."""
     if isinstance(raw, dict):
@@ -178,9 +162,10 @@ def _check_size(raw, max_fields, max_bytes):
         raise HashTooLarge(fields, size)
 
 
-def get_hash(client, key, max_fields, max_bytes):
-    """The hash at ``key`` as a dict of str, or ``None`` when the key does not exist; ``HashTooLarge`` when it
-    holds more than ``max_fields`` fields or ``max_bytes`` bytes of field names and values."""
+def read_hash(client, key, max_fields, max_bytes):
+    """HGETALL ``key`` as Redis answered it (a dict of bytes, or a flat list of field, value, ...; for
+    ``hash_json.hash_body``), or ``None`` when the key does not exist; ``HashTooLarge`` when it holds more than
+    ``max_fields`` fields or ``max_bytes`` bytes of field names and values."""
     try:
         raw = client.execute_command("HGETALL", key)  # = hgetall(key), without building its keys=[key] option
     except ResponseError as exc:
@@ -189,7 +174,13 @@ def get_hash(client, key, max_fields, max_bytes):
     if not raw:
         return None
     _check_size(raw, max_fields, max_bytes)
-    return _decode_hash(raw)
+    return raw
+
+
+def get_hash(client, key, max_fields, max_bytes):
+    """``read_hash`` as a dict of str (invalid UTF-8 decoded with U+FFFD replacement), or ``None``."""
+    raw = read_hash(client, key, max_fields, max_bytes)
+    return None if raw is None else decode_hash(raw)
 
 
 def replace_hash(client, key, flat_args):
@@ -198,10 +189,11 @@ def replace_hash(client, key, flat_args):
 
 
 def merge_hash(client, key, flat_args, max_fields, max_bytes):
-    """Set the given fields, keep the others; returns ``(created, merged hash as a dict)``. ``HashTooLarge``, with
-    nothing changed, when the merged hash would hold more than ``max_fields`` fields or ``max_bytes`` bytes."""
+    """Set the given fields, keep the others; returns ``(created, the merged hash as a flat list of bytes)``.
+    ``HashTooLarge``, with nothing changed, when the merged hash would hold more than ``max_fields`` fields or
+    ``max_bytes`` bytes."""
     created, flat = _MERGE(client, key, [max_fields, max_bytes, *flat_args])
-    return created == 1, _decode_hash(flat)
+    return created == 1, flat
 
 
 def delete_hash(client, key):

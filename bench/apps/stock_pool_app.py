@@ -17,7 +17,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import json  # noqa: E402
 import os  # noqa: E402
 
 import redis  # noqa: E402
@@ -25,6 +24,7 @@ import redis  # noqa: E402
 from wsgi_app import settings as service_settings  # noqa: E402
 from wsgi_app import store  # noqa: E402
 from wsgi_app.errors import HashTooLarge, HTTPError, WrongType  # noqa: E402
+from wsgi_app.hash_json import dumps, hash_body  # noqa: E402
 from wsgi_app.validation import Limits, flatten_hash, parse_hash_body, parse_key  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -32,7 +32,6 @@ MAX_CONNECTIONS = int(os.environ.get("STOCK_MAX_CONNECTIONS", "2000"))
 SETTINGS = service_settings.load()  # the service's limits, key prefix and default key, from the same environment
 LIMITS = Limits(SETTINGS)
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 HASHES = "/hashes/"
 _client = None
 _pid = None
@@ -47,12 +46,12 @@ def client():
     return _client
 
 
-def _text(value):
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 def _respond(start_response, status, payload):
-    body = _dumps(payload).encode("utf-8") if payload is not None else b""
+    """``payload``: an object to encode, JSON bytes already encoded (a hash: ``hash_body``), or None (no body)."""
+    if payload is None:
+        body = b""
+    else:
+        body = payload if isinstance(payload, bytes) else dumps(payload).encode("utf-8")
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))] if body else []
     start_response(status, headers)
     return [body]
@@ -73,7 +72,7 @@ def _get(key, name):
     raw = client().hgetall(key)
     if not raw and name is not None:
         return "404 Not Found", {"error": "not_found"}
-    return "200 OK", {_text(f): _text(v) for f, v in raw.items()}
+    return "200 OK", hash_body(raw)
 
 
 def _put(key, environ):
@@ -86,7 +85,7 @@ def _patch(key, environ):
     mapping = _read_object(environ)
     created, merged = store.merge_hash(client(), key, flatten_hash(mapping), SETTINGS.max_hash_fields,
                                        SETTINGS.max_hash_bytes)
-    return ("201 Created" if created else "200 OK"), merged
+    return ("201 Created" if created else "200 OK"), hash_body(merged)
 
 
 def _delete(key):
