@@ -38,6 +38,20 @@ def test_crud_roundtrip(app, admin):
     assert not admin.exists("greenpool:u1")
 
 
+@pytest.mark.parametrize("query, resp", [("", 2), ("protocol=3", 3), ("protocol=2", 2)])
+def test_the_service_speaks_resp2_unless_the_url_names_a_protocol(make_app, redis_url, admin, query, resp):
+    """The service's connections use RESP2 (wsgi_app.worker_pool.SERVICE_PROTOCOL) unless REDIS_URL's
+    ``protocol`` says otherwise; every route answers the same either way (here a read, a merge, a replace)."""
+    url = redis_url + ("&" if "?" in redis_url else "?") + query if query else redis_url
+    app = make_app(REDIS_URL=url, POOL_MULTIPLEX=1)
+    admin.hset("key", mapping={"f": "v", "é": "ü"})
+    assert call(app, "GET", "/")[::2] == (200, {"f": "v", "é": "ü"})
+    assert call(app, "PATCH", "/hashes/p", {"a": "1"})[::2] == (201, {"a": "1"})
+    assert call(app, "PUT", "/hashes/p", {"b": "2"})[::2] == (200, {"b": "2"})
+    clients = [c for c in admin.client_list() if c.get("name", "").startswith("greenpool:")]
+    assert clients and {int(c["resp"]) for c in clients} == {resp}, clients
+
+
 def test_root_health_ready_stats(app, admin):
     """GET / is HGETALL of DEFAULT_KEY (unprefixed, {} when missing); healthz, readyz and stats answer 200."""
     assert call(app, "GET", "/")[::2] == (200, {})

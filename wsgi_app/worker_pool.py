@@ -7,13 +7,20 @@ The service uses each through ``pool.backend.Backend`` only, without asking whic
 commands go through the backend's ``shared_client()``, so with ``POOL_MULTIPLEX`` (default 2) they share a
 few connections per worker (each node's, for a cluster), and with ``POOL_MULTIPLEX=0`` each command borrows
 a connection of its own, as before.
+
+The service speaks RESP2 unless ``REDIS_URL`` asks for another protocol (``?protocol=3``): it uses nothing of
+RESP3 (no push messages, no client-side caching), and hiredis builds the RESP3 map of an HGETALL reply about 4.6x
+slower than the RESP2 array (7.9 against 1.7 us for the 10-field hash of the benchmark); worker CPU per ``GET``
+-5.6 % (docs/http-benchmarks.md). The library's own default stays redis-py's.
 """
 import os
 
 from pool import forks
 from pool.urls import parse_redis_url
 
-__all__ = ["WorkerPool"]
+__all__ = ["SERVICE_PROTOCOL", "WorkerPool"]
+
+SERVICE_PROTOCOL = 2  # RESP2, when REDIS_URL does not name a protocol (see the module docstring)
 
 
 class WorkerPool:
@@ -36,9 +43,11 @@ class WorkerPool:
 
     def _build(self):
         s = self._settings
-        return parse_redis_url(s.redis_url).make_pool(  # validated by settings.load(): does not raise here
+        target = parse_redis_url(s.redis_url)  # validated by settings.load(): does not raise here
+        return target.make_pool(
             max_size=s.pool_max_size, min_size=s.pool_min_size, timeout=s.pool_timeout,
-            max_waiting=s.pool_max_waiting, multiplex=s.pool_multiplex, name=f"web-{os.getpid()}")
+            max_waiting=s.pool_max_waiting, multiplex=s.pool_multiplex, name=f"web-{os.getpid()}",
+            protocol=target.connection_kwargs.get("protocol", SERVICE_PROTOCOL))
 
     def shared_client(self):
         """This process's pool's ``shared_client()``: the one client every request's commands go through."""

@@ -5,10 +5,11 @@
 service. The writes do the service's work with the service's code: ``PUT`` (replace, 201 when created, else
 200), ``PATCH`` (merge, 201/200, the merged hash back) and ``DELETE`` (204, 404 when missing) check the body
 with ``wsgi_app.validation`` under the service's limits (``wsgi_app.settings``, from the same environment) and
-run ``wsgi_app.store``'s all-or-nothing scripts; only the client differs: one ``redis.Redis`` per worker on its
-own ``ConnectionPool`` whose ``max_connections`` is raised (``STOCK_MAX_CONNECTIONS``, default 2000) so that it
-never errors at 1000 clients (redis-py 8.1's default cap of 100 makes it fail most requests at 200 clients).
-Nothing else: no API token, no request timeout, no metrics.
+run ``wsgi_app.store``'s all-or-nothing scripts, and it speaks the service's protocol (RESP2 unless the URL
+names one); only the client differs: one ``redis.Redis`` per worker on its own ``ConnectionPool`` whose
+``max_connections`` is raised (``STOCK_MAX_CONNECTIONS``, default 2000) so that it never errors at 1000 clients
+(redis-py 8.1's default cap of 100 makes it fail most requests at 200 clients). Nothing else: no API token, no
+request timeout, no metrics.
 
 ``REDIS_URL=redis://127.0.0.1:PORT/0 gunicorn -c bench/apps/gunicorn_baseline.conf.py -k gevent \\
     bench.apps.stock_pool_app:app``
@@ -26,6 +27,7 @@ from wsgi_app import store  # noqa: E402
 from wsgi_app.errors import HashTooLarge, HTTPError, WrongType  # noqa: E402
 from wsgi_app.hash_json import dumps, hash_body  # noqa: E402
 from wsgi_app.validation import Limits, flatten_hash, parse_hash_body, parse_key  # noqa: E402
+from wsgi_app.worker_pool import SERVICE_PROTOCOL  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 MAX_CONNECTIONS = int(os.environ.get("STOCK_MAX_CONNECTIONS", "2000"))
@@ -41,7 +43,8 @@ def client():
     """This worker's client, made after the fork (a pool's sockets are never shared between processes)."""
     global _client, _pid
     if _client is None or _pid != os.getpid():
-        pool = redis.ConnectionPool.from_url(REDIS_URL, max_connections=MAX_CONNECTIONS)
+        # the service's protocol (RESP2 unless the URL names one; the URL's wins), so that x stock compares pools
+        pool = redis.ConnectionPool.from_url(REDIS_URL, max_connections=MAX_CONNECTIONS, protocol=SERVICE_PROTOCOL)
         _client, _pid = redis.Redis(connection_pool=pool), os.getpid()
     return _client
 
