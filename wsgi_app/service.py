@@ -1,7 +1,7 @@
 """The WSGI application: routing, HTTP checks, JSON in and out, and the mapping of failures to status codes.
 
 The request path is CPU-bound under gevent, so it stays plain: a dict of routes, headers and bodies prepared
-once, one ``json.dumps`` per response.
+once, one JSON encoding per response (a hash's made from Redis's bytes, ``hash_json``).
 """
 import hmac
 import logging
