@@ -9,10 +9,8 @@ import functools
 import time
 
 import gevent
-import hiredis
 import pytest
 import redis
-from gevent import socket
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from test_multiplex_cancel import SLOW_SCRIPT
@@ -278,56 +276,23 @@ def test_reply_cut_in_the_middle_fails_waiters_and_is_never_read_as_a_reply(make
 
 
 # -- protocol errors ------------------------------------------------------------------------------------------------
-class FakeRedis:
-    """A loopback server that answers the handshake with +OK, then serves GET with ``reply(key)`` (raw RESP)."""
+BAD = b"$3\r\nbad\r\n"  # the real server's reply to GET bad (each key holds its own name)
 
-    def __init__(self, reply):
-        self.reply = reply
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.conns = []
-        self.greenlets = [gevent.spawn(self._accept)]
 
-    def _accept(self):
-        while True:
-            conn, _ = self.listener.accept()
-            self.conns.append(conn)
-            self.greenlets.append(gevent.spawn(self._serve, conn))
-
-    def _serve(self, conn):
-        reader = hiredis.Reader()
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return
-            reader.feed(data)
-            while (command := reader.gets()) is not False:
-                if command[0].upper() == b"GET":
-                    conn.sendall(self.reply(command[1]))
-                else:
-                    conn.sendall(b"+OK\r\n")
-
-    def stop(self):
-        gevent.killall(self.greenlets)
-        for conn in self.conns:
-            conn.close()
-        self.listener.close()
+def own_names(admin, *keys):
+    admin.mset({key: key for key in keys})
 
 
 @pytest.mark.parametrize("fault", ["garbage", "extra reply"])
-def test_protocol_error_fails_every_waiter_with_connection_error(make_pool, fault):
-    """A reply that is not RESP, or one more reply than was asked for: the stream can no longer be trusted,
-    every caller on the connection gets a ConnectionError and the connection is replaced."""
-    def reply(key):
-        if key == b"bad":
-            return b"!not resp\r\n" if fault == "garbage" else b"$3\r\nbad\r\n$5\r\nextra\r\n"
-        return b"$%d\r\n%s\r\n" % (len(key), key)
-
-    server = FakeRedis(reply)
+def test_protocol_error_fails_every_waiter_with_connection_error(make_pool, proxy, admin, fault):
+    """A reply that is not RESP, or one more reply than was asked for (the proxy rewrites the real server's reply
+    to GET bad): the stream can no longer be trusted, every caller on the connection gets a ConnectionError and
+    the connection is replaced."""
+    own_names(admin, "good", "bad", "after", *(f"k{i}" for i in range(5)))
+    wrong = b"!not resp\r\n" if fault == "garbage" else BAD + b"$5\r\nextra\r\n"
+    proxy.rewrite(lambda chunk: chunk.replace(BAD, wrong))
     try:
-        p = make_pool(f"redis://127.0.0.1:{server.port}/0", protocol=2)
+        p = make_pool(proxy.url, protocol=2)
         r = PooledRedis(connection_pool=p)
         assert r.get("good") == b"good"
         if fault == "garbage":
@@ -343,24 +308,26 @@ def test_protocol_error_fails_every_waiter_with_connection_error(make_pool, faul
         assert r.get("after") == b"after"
         assert stat(p, S.MUX_CONNECTIONS_NUM) == 2
     finally:
-        server.stop()
+        proxy.passthrough()
 
 
 @pytest.mark.parametrize("extra", ["whole", "cut"])
-def test_a_reply_nobody_asked_for_never_reaches_the_next_caller(make_pool, extra):
-    """A server answers one GET with two replies: the extra one whole in the same read, or cut and finished
-    only after the next command went out. The caller that writes its next command the moment the connection
-    looks idle never receives the extra reply (nor do the callers after it: the stream is never shifted);
-    it gets its own reply or a ConnectionError, and the connection is replaced."""
-    def reply(key):
-        if key == b"bad":
-            return b"$3\r\nbad\r\n$5\r\nextra\r\n" if extra == "whole" else b"$3\r\nbad\r\n$5\r\nex"
-        tail = b"tra\r\n" if key == b"next" and extra == "cut" else b""
-        return tail + b"$%d\r\n%s\r\n" % (len(key), key)
+def test_a_reply_nobody_asked_for_never_reaches_the_next_caller(make_pool, proxy, admin, extra):
+    """One GET answered with two replies (the proxy adds one to the real server's): the extra one whole in the
+    same read, or cut and finished only after the next command went out. The caller that writes its next command
+    the moment the connection looks idle never receives the extra reply (nor do the callers after it: the stream
+    is never shifted); it gets its own reply or a ConnectionError, and the connection is replaced."""
+    own_names(admin, "good", "bad", "next", "after-1", "after-2", *(f"k{i}" for i in range(5)))
+    next_reply = b"$4\r\nnext\r\n"
 
-    server = FakeRedis(reply)
+    def edit(chunk):
+        if extra == "whole":
+            return chunk.replace(BAD, BAD + b"$5\r\nextra\r\n")
+        return chunk.replace(BAD, BAD + b"$5\r\nex").replace(next_reply, b"tra\r\n" + next_reply)
+
+    proxy.rewrite(edit)
     try:
-        p = make_pool(f"redis://127.0.0.1:{server.port}/0", protocol=2)
+        p = make_pool(proxy.url, protocol=2)
         r = PooledRedis(connection_pool=p)
         assert r.get("good") == b"good"
         results = []
@@ -375,7 +342,7 @@ def test_a_reply_nobody_asked_for_never_reaches_the_next_caller(make_pool, extra
         assert [r.get(f"k{i}") for i in range(5)] == [f"k{i}".encode() for i in range(5)]
         assert stat(p, S.MUX_CONNECTIONS_NUM) == 2
     finally:
-        server.stop()
+        proxy.passthrough()
 
 
 def test_push_messages_sent_to_a_shared_connection_never_shift_replies(make_pool, redis_url, admin, caplog):

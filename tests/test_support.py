@@ -31,7 +31,7 @@ def test_library_and_support_import_neither_the_service_nor_pytest():
 def test_minimal_env_keeps_the_shell_out(monkeypatch):
     """The runner's environment has the caller's PATH, locale and PYTHONPATH, and none of the service's settings
     (REDIS_URL, POOL_*, REQUEST_TIMEOUT, METRICS_INTERVAL, ...), whatever list of them there may be."""
-    for name, value in {"REDIS_URL": "redis://127.0.0.1:6379/0", "POOL_MAX_SIZE": "lots", "REQUEST_TIMEOUT": "0",
+    for name, value in {"REDIS_URL": "redis://127.0.0.1:1/0", "POOL_MAX_SIZE": "lots", "REQUEST_TIMEOUT": "0",
                         "METRICS_INTERVAL": "-1", "LC_ALL": "C.UTF-8", "PYTHONPATH": "/somewhere"}.items():
         monkeypatch.setenv(name, value)
     env = minimal_env({"POOL_TIMEOUT": 0.5})

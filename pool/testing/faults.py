@@ -18,6 +18,7 @@ from gevent.pool import Group
 from ..server import RedisProcess
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Self
 
 __all__ = ["FaultProxy", "SilentListener", "frozen", "kill_server", "restart_server"]
@@ -67,6 +68,9 @@ class FaultProxy:
       they are reproducible for a given order of chunks; ``jittered`` counts the chunks held;
     * ``blackhole()`` forwards nothing in either direction, not even a close: sockets stay open, no FIN,
       bytes wait (as in a network partition) and flow again after ``passthrough()``;
+    * ``rewrite(edit)`` passes each chunk from the target through ``edit(bytes) -> bytes`` before the client
+      gets it (protocol faults a real server never makes: garbage, a reply too many); the other way is
+      forwarded as it comes;
     * ``cut(rst=False)`` closes every current connection at once (FIN, or RST with ``rst=True``); new
       connections are proxied as the mode says.
 
@@ -86,6 +90,7 @@ class FaultProxy:
         self.mode = "pass"
         self._delay = 0.0
         self._jitter: tuple[float, float, float] | None = None
+        self._edit: Callable[[bytes], bytes] | None = None
         self._rng = random.Random(seed)
         self._flowing = Event()
         self._flowing.set()
@@ -118,9 +123,12 @@ class FaultProxy:
     def blackhole(self) -> None:
         self._set_mode("blackhole", flowing=False)
 
+    def rewrite(self, edit: Callable[[bytes], bytes]) -> None:
+        self._set_mode("rewrite", edit=edit)
+
     def _set_mode(self, mode: str, *, delay: float = 0.0, jitter: tuple[float, float, float] | None = None,
-                  flowing: bool = True) -> None:
-        self.mode, self._delay, self._jitter = mode, delay, jitter
+                  flowing: bool = True, edit: Callable[[bytes], bytes] | None = None) -> None:
+        self.mode, self._delay, self._jitter, self._edit = mode, delay, jitter, edit
         if flowing:
             self._flowing.set()
         else:
@@ -189,6 +197,9 @@ class FaultProxy:
                 self._hold(data)
                 if not data:
                     break
+                edit = self._edit
+                if edit is not None and direction == "down":
+                    data = edit(data)
                 dst.sendall(data)
                 setattr(self, forwarded, getattr(self, forwarded) + len(data))
         except OSError:  # closed under us by cut() or stop(), or reset by a peer
