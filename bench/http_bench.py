@@ -1,6 +1,6 @@
 """HTTP benchmark suite: the service under gunicorn against two baselines served in the same run, driven by wrk.
 
-Run: ``python -m bench.http_bench`` (about 6-7 minutes on 2 cores; ``--help`` for the options, ``--quick`` for a
+Run: ``python -m bench.http_bench`` (about 9 minutes on 2 cores; ``--help`` for the options, ``--quick`` for a
 smoke run of under a minute, ``--sections`` to pick sections).
 
 It needs ``wrk`` on PATH (``apt-get install -y wrk``; nothing is installed here) and ``redis-server`` (PATH, or

@@ -53,6 +53,8 @@ def lines(results):
         parts = [f"+ {s['label']} {s['cpu_us']:+.0f} (x hello {s['x_hello']:.2f})" for s in r["steps"]]
         redis = r["steps"][-1]["cpu_us"]
         out.append(f"{head}; " + "; ".join(parts))
-        out.append(f"    for {HELLO_RATIO}x hello's req/s the Redis command may cost {r['budget_us']:.0f} us/req here; "
-                   f"it costs {redis:.0f}")
+        budget = r["budget_us"]
+        room = (f"the Redis command may cost {budget:.0f} us/req" if budget >= 0.5 else
+                "nothing is left for the Redis command: the wait alone uses it up")
+        out.append(f"    for {HELLO_RATIO}x hello's req/s {room}; it costs {redis:.0f}")
     return out

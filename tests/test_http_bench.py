@@ -49,7 +49,10 @@ def test_breakdown_steps_and_budget():
     assert [s["x_hello"] for s in result["steps"]] == pytest.approx([11 / 12, 10.5 / 12, 0.75])
     assert result["budget_us"] == pytest.approx(80 / 0.8 - 95)  # the Redis command may cost 5 us for 0.8x
     text = "\n".join(http_breakdown.lines([result]))
-    assert "+ the Redis command in place +15 (x hello 0.75)" in text and "may cost 5 us/req here; it costs 15" in text
+    assert "+ the Redis command in place +15 (x hello 0.75)" in text and "may cost 5 us/req; it costs 15" in text
+    rows[2] = _row("wait", 50, 9800, 100.2, section="breakdown")  # the wait alone takes it below 0.8x
+    assert "nothing is left for the Redis command" in "\n".join(
+        http_breakdown.lines(http_breakdown.evaluate(rows, ["gevent"])))
 
 
 def test_breakdown_plan_brings_its_baselines_without_main():
