@@ -475,6 +475,10 @@ def write_chart(rows, path, title):
     axes = list(axes[0])
     for ax, (section, _route, label) in zip(axes, panels, strict=False):
         sel = [r for r in rows if r["section"] == section]
+        if section == "breakdown":  # beside the service and hello of the main section, where they ran there
+            conns = {r["conns"] for r in sel}
+            sel = [r for r in rows if r["section"] == "main" and r["conns"] in conns
+                   and r["target"].split(":")[0] in ("svc", "hello")] + sel
         _bars(ax, sel, label)
     if routes:
         order = list(http_routes.ROUTES)
@@ -516,7 +520,7 @@ def _bars(ax, sel, label, x=lambda r: r["conns"], x_label=lambda c: f"{c} conns"
 def http_parsers(redis_url):
     """The HTTP parser of the service's and of the baselines' gunicorn config, each read from its own file."""
     env = minimal_env({"REDIS_URL": redis_url})
-    return {"svc, svc50, svc2w": parser_in_use(service_setting("http_parser", SERVICE_CONF, env)),
+    return {"svc, svc50, svc2w, noredis, wait": parser_in_use(service_setting("http_parser", SERVICE_CONF, env)),
             "stock, hello": parser_in_use(service_setting("http_parser", BASELINE_CONF, env))}
 
 
@@ -605,6 +609,9 @@ def parse_args(argv):
         p.error("--reps, --duration, --conns, --classes and --route-keys must be positive / non-empty")
     if args.reps < 3:
         print(f"warning: --reps {args.reps} < 3; the spread is not meaningful", file=sys.stderr)
+    if "breakdown" in args.sections and not set(args.breakdown_conns) & set(args.conns):
+        print(f"warning: none of --breakdown-conns {args.breakdown_conns} is in --conns {args.conns}: "
+              "no breakdown", file=sys.stderr)
     return args
 
 

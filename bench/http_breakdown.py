@@ -40,8 +40,9 @@ def evaluate(rows, classes):
                 steps.append({"target": kind, "label": label, "cpu_us": cpu[kind] - cpu[previous],
                               "x_hello": got[kind]["rps_median"] / hello_rps})
                 previous = kind
+            limit = cpu["hello"] / HELLO_RATIO
             out.append({"worker_class": worker_class, "conns": conns, "cpu_us": cpu, "steps": steps,
-                        "budget_us": cpu["hello"] / HELLO_RATIO - cpu["wait"]})
+                        "budget_us": limit - cpu["wait"], "app_over_limit": cpu["noredis"] > limit})
     return out
 
 
@@ -54,7 +55,10 @@ def lines(results):
         redis = r["steps"][-1]["cpu_us"]
         out.append(f"{head}; " + "; ".join(parts))
         budget = r["budget_us"]
-        room = (f"the Redis command may cost {budget:.0f} us/req" if budget >= 0.5 else
-                "nothing is left for the Redis command: the wait alone uses it up")
+        if budget >= 0.5:
+            room = f"the Redis command may cost {budget:.0f} us/req"
+        else:
+            spent = "the service's own work" if r["app_over_limit"] else "the wait"
+            room = f"nothing is left for the Redis command: {spent} uses it up"
         out.append(f"    for {HELLO_RATIO}x hello's req/s {room}; it costs {redis:.0f}")
     return out

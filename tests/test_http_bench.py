@@ -50,8 +50,13 @@ def test_breakdown_steps_and_budget():
     assert result["budget_us"] == pytest.approx(80 / 0.8 - 95)  # the Redis command may cost 5 us for 0.8x
     text = "\n".join(http_breakdown.lines([result]))
     assert "+ the Redis command in place +15 (x hello 0.75)" in text and "may cost 5 us/req; it costs 15" in text
+    footer = http_bench.verdict_lines(rows, http_bench.parse_args(["--sections", "main,breakdown"]), [])
+    assert "where the CPU per request goes" in "\n".join(footer) and text.splitlines()[0] in footer
     rows[2] = _row("wait", 50, 9800, 100.2, section="breakdown")  # the wait alone takes it below 0.8x
-    assert "nothing is left for the Redis command" in "\n".join(
+    assert "nothing is left for the Redis command: the wait uses it up" in "\n".join(
+        http_breakdown.lines(http_breakdown.evaluate(rows, ["gevent"])))
+    rows[1] = _row("noredis", 50, 9700, 101, section="breakdown")  # and the service's work alone
+    assert "the service's own work uses it up" in "\n".join(
         http_breakdown.lines(http_breakdown.evaluate(rows, ["gevent"])))
 
 
@@ -65,16 +70,22 @@ def test_breakdown_plan_brings_its_baselines_without_main():
 
 @pytest.mark.parametrize("mode", ["noredis", "wait"])
 def test_breakdown_targets_answer_as_the_service(tmp_path, redis_url, admin, mode):
-    """The breakdown compares the same answer: the service's own bytes, from Redis's first reply, then from memory."""
+    """The breakdown compares the same answer: the service's own bytes, from Redis's first reply, then from memory
+    (a missing key stays missing); the service's hooks still run (the worker closes its pool on the way out)."""
     admin.hset("key", mapping={"f": "v1", "g": "\u00e9"})
     env = {"REDIS_URL": redis_url, "BREAKDOWN": mode}
     target = Gunicorn(http_bench.BREAKDOWN_CONF, tmp_path, env, cwd=http_bench.ROOT, ready_path="/").start()
     try:
         first = target.request("GET", "/")
+        missing = target.request("GET", "/hashes/later")
         admin.hset("key", "f", "changed")  # from memory now: Redis is not asked again
+        admin.hset("greenpool:later", "f", "v")
         again = target.request("GET", "/")
+        still_missing = target.request("GET", "/hashes/later")
     finally:
         target.stop()
+    assert (missing.status, still_missing.status) == (404, 404)
+    assert "closed its Redis pool" in target.log()
     service = create_app({"REDIS_URL": redis_url})
     try:
         admin.hset("key", "f", "v1")
