@@ -71,6 +71,7 @@ LUA_REPORT = os.path.join(BENCH, "lua", "report.lua")
 LUA_CHECKED = os.path.join(BENCH, "lua", "checked.lua")
 BASELINE_CONF = os.path.join(BENCH, "apps", "gunicorn_baseline.conf.py")
 BREAKDOWN_CONF = os.path.join(BENCH, "apps", "breakdown.conf.py")
+BREAKDOWN_KINDS = ("noredis", "wait")  # the BREAKDOWN modes of breakdown.conf.py, served as targets of these kinds
 SERVICE_CONF = os.path.join(ROOT, "gunicorn.conf.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -134,7 +135,7 @@ def make_servers(args, redis_url, log_dir):
         if sections & {"main", "breakdown"}:
             add("hello", worker_class, BASELINE_CONF, "bench.apps.hello_app:app", {})
         if "breakdown" in sections:
-            for mode in ("noredis", "wait"):
+            for mode in BREAKDOWN_KINDS:
                 add(mode, worker_class, BREAKDOWN_CONF, None, {**service_env, "BREAKDOWN": mode})
         if "pool50" in sections:
             add("svc50", worker_class, SERVICE_CONF, None, {"POOL_MAX_SIZE": "50"})
@@ -261,7 +262,7 @@ def plan(args):
             for c in args.classes:
                 jobs.append(("pool50", f"svc50:{c}", "hgetall", conns))
         if "breakdown" in args.sections and conns in args.breakdown_conns:
-            kinds = ("noredis", "wait") if "main" in args.sections else ("svc", "hello", "noredis", "wait")
+            kinds = BREAKDOWN_KINDS if "main" in args.sections else ("svc", "hello", *BREAKDOWN_KINDS)
             for kind in kinds:
                 for c in args.classes:
                     jobs.append(("breakdown", f"{kind}:{c}", "hgetall", conns))
